@@ -1,0 +1,24 @@
+"""groupnorm: Group Normalization (Wu & He, ECCV 2018) and its family for PyTorch.
+
+    import groupnorm
+    norm = groupnorm.nn.GroupNorm(32, 256)          # drop-in for torch.nn.GroupNorm
+    groupnorm.convert_norms(model, "gn:32")          # every BN in a model becomes GN
+    groupnorm.functional.group_norm(x, 32)           # the function behind it
+
+See README.md for the reproduction of the paper's experiments (``groupnorm reproduce``).
+"""
+
+from groupnorm import functional, nn
+from groupnorm.convert import Replacement, convert_norms, set_devices, zero_init_last_gamma
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Replacement",
+    "__version__",
+    "convert_norms",
+    "functional",
+    "nn",
+    "set_devices",
+    "zero_init_last_gamma",
+]

@@ -1,0 +1,422 @@
+"""The normalization functions every other part of groupnorm uses.
+
+All take x of shape (N, C, *) with any number of trailing (spatial or temporal) dims, keep
+x's memory format (contiguous, channels_last, channels_last_3d) and dtype, and accumulate
+statistics in float32 (float64 for float64 input). Bad arguments raise ValueError or
+TypeError naming the argument, what was expected and what was given.
+
+Dispatch: where torch's native kernel is both fast and accurate it is used; where it is
+not, a correct path is taken instead (see :func:`group_norm`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "memory_format_of",
+    "weight_standardize",
+]
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_aten = torch.ops.aten
+
+# Above this (mean / std)^2 of any group, torch's CPU channels-last GroupNorm, which takes
+# the variance as E[x^2] - E[x]^2 in float32, loses more than ~1e-5 of relative accuracy
+# (measured: error ~ 6e-7 * kappa); such inputs are shifted by their group means first.
+_ILL_CONDITIONED = 16.0
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_input(fn: str, x: object, min_dim: int = 2) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor of shape (N, C, *); got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: x must have a floating dtype (float64, float32, bfloat16 or float16); got {x.dtype}"
+        )
+    if x.dim() < min_dim:
+        raise ValueError(f"{fn}: x must have at least {min_dim} dims (N, C, *); got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_param(fn: str, name: str, p: Tensor | None, num_channels: int, x: Tensor) -> Tensor | None:
+    """A per-channel parameter: None, or a floating tensor of shape (C,) on x's device."""
+    if p is None:
+        return None
+    if not isinstance(p, Tensor):
+        raise TypeError(
+            f"{fn}: {name} must be a tensor of shape ({num_channels},) or None; got {type(p).__name__}"
+        )
+    if p.shape != (num_channels,):
+        raise ValueError(
+            f"{fn}: {name} must have shape ({num_channels},) (one value per channel of x); "
+            f"got {tuple(p.shape)}"
+        )
+    if p.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must have a floating dtype; got {p.dtype}")
+    if p.device != x.device:
+        raise ValueError(f"{fn}: {name} must be on x's device {x.device}; got {p.device}")
+    # Native kernels take parameters in x's dtype, or float32 beside half-precision x.
+    if p.dtype != x.dtype and not (p.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
+        p = p.to(x.dtype)
+    return p
+
+
+def _check_groups(fn: str, num_groups: object, num_channels: int) -> int:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"{fn}: num_groups must be an int; got {type(num_groups).__name__} {num_groups!r}")
+    if num_groups <= 0:
+        raise ValueError(f"{fn}: num_groups must be a positive int; got {num_groups}")
+    if num_channels % num_groups != 0:
+        raise ValueError(
+            f"{fn}: num_groups must divide the number of channels of x (C={num_channels}); "
+            f"got num_groups={num_groups}"
+        )
+    return num_groups
+
+
+def _check_eps(fn: str, eps: float) -> float:
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"{fn}: eps must be a float >= 0; got {eps!r}")
+    return float(eps)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The memory format x is laid out in: channels_last(_3d) when x is only that, else contiguous."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.dim() - 2)
+
+
+# ---------------------------------------------------------------------------------------
+# group norm and its two ends
+
+
+def group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Group Normalization (Wu & He, 2018).
+
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    with mean and biased variance over each sample's group of C/G contiguous channels and all
+    trailing positions, and a per-channel gamma (``weight``) and beta (``bias``).
+
+    Args:
+        x: (N, C, *) floating tensor, any memory format.
+        num_groups: G, a positive divisor of C. G=1 is LayerNorm, G=C InstanceNorm.
+        weight, bias: (C,) or None.
+        eps: added to the variance.
+
+    Returns:
+        A tensor like x (shape, dtype, memory format). Statistics are accumulated in
+        float32 (float64 for float64 x), so float16 inputs whose squares overflow float16
+        give correct outputs.
+
+    Dispatch: torch's native kernel is used everywhere except for one case where it is
+    inaccurate: on the CPU in channels-last layouts it takes the variance as
+    E[x^2] - E[x]^2, which cancels catastrophically when a group's mean is large against
+    its spread (x = 1e4 + N(0, 1) gives errors of order 100). There the mean and std it
+    returns flag the group, and the input is shifted by its group means (GN is invariant
+    to such shifts) before a second native pass, which is then accurate.
+    """
+    fn = "group_norm"
+    _check_input(fn, x)
+    n, c = x.shape[:2]
+    groups = _check_groups(fn, num_groups, c)
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    eps = _check_eps(fn, eps)
+    fmt = memory_format_of(x)
+    if x.numel() == 0:
+        return torch.empty_like(x)  # preserve_format keeps the strides
+
+    spatial = math.prod(x.shape[2:])
+    y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, spatial, groups, eps)
+    if x.device.type == "cpu" and fmt is not torch.contiguous_format:
+        kappa = (mean * rstd).square().amax()
+        if kappa > _ILL_CONDITIONED:  # inf flags too; NaN does not and propagates
+            shift = mean.detach().to(x.dtype).repeat_interleave(c // groups, dim=1)
+            shifted = x - shift.view((n, c) + (1,) * (x.dim() - 2))
+            y, _, _ = torch.native_group_norm(shifted, weight, bias, n, c, spatial, groups, eps)
+    if memory_format_of(y) is not fmt:
+        y = y.contiguous(memory_format=fmt)
+    return y
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """LayerNorm for conv features: statistics over (C, *) of each sample, per-channel affine.
+
+    Equal to ``group_norm(x, 1, weight, bias, eps)`` (not torch's F.layer_norm, whose
+    affine covers every normalised element).
+    """
+    _check_input("layer_norm", x)
+    return group_norm(x, 1, weight, bias, eps)
+
+
+def instance_norm(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """InstanceNorm: statistics over (*) of each sample and channel, per-channel affine.
+
+    Equal to ``group_norm(x, C, weight, bias, eps)``; no running statistics (the paper's IN).
+    """
+    _check_input("instance_norm", x)
+    return group_norm(x, max(x.shape[1], 1), weight, bias, eps)
+
+
+# ---------------------------------------------------------------------------------------
+# batch norm with per-device statistics
+
+
+class _PerDeviceBatchNorm(torch.autograd.Function):
+    """Training-mode BN with statistics over each of ``devices`` contiguous blocks of the batch.
+
+    Each block goes through torch's native kernel writing straight into its slice of the
+    output (and of the input gradient), so the cost stays close to one native call.
+    Returns (y, mean, invstd) with mean and invstd of shape (devices, C).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, devices: int, eps: float):
+        fmt = memory_format_of(x)
+        x = x.contiguous(memory_format=fmt)  # batch slices of x and y are then contiguous
+        y = torch.empty_like(x, memory_format=fmt)
+        stat_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        c = x.shape[1]
+        mean = x.new_empty((devices, c), dtype=stat_dtype)
+        invstd = x.new_empty((devices, c), dtype=stat_dtype)
+        for d, (xd, yd) in enumerate(zip(x.chunk(devices), y.chunk(devices), strict=True)):
+            _aten.native_batch_norm.out(
+                xd, weight, bias, None, None, True, 0.0, eps, out=yd, save_mean=mean[d], save_invstd=invstd[d]
+            )
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.devices, ctx.eps, ctx.fmt = devices, eps, fmt
+        ctx.mark_non_differentiable(mean, invstd)
+        return y, mean, invstd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_invstd: Tensor):
+        x, weight, mean, invstd = ctx.saved_tensors
+        devices, c = ctx.devices, x.shape[1]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_y = grad_y.contiguous(memory_format=ctx.fmt)
+        grad_x = torch.empty_like(x, memory_format=ctx.fmt)
+        # The out= variant wants every output; grad_w is a by-product of grad_x anyway.
+        w = weight if weight is not None else torch.ones(c, dtype=mean.dtype, device=x.device)
+        grad_w = x.new_empty((devices, c), dtype=w.dtype)
+        grad_b = x.new_empty((devices, c), dtype=w.dtype)
+        for d, (gyd, xd, gxd) in enumerate(
+            zip(grad_y.chunk(devices), x.chunk(devices), grad_x.chunk(devices), strict=True)
+        ):
+            _aten.native_batch_norm_backward.out(
+                gyd, xd, w, None, None, mean[d], invstd[d], True, ctx.eps, [True, True, True],
+                out0=gxd, out1=grad_w[d], out2=grad_b[d],
+            )  # fmt: skip
+        return (
+            grad_x if need_x else None,
+            grad_w.sum(0) if need_w else None,
+            grad_b.sum(0) if need_b else None,
+            None,
+            None,
+        )
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    """Training-mode BN with statistics over the batches of all processes in ``group``.
+
+    Works with any backend (gloo on CPU, NCCL on GPU): per-channel sums are all-reduced in
+    the forward (mean first, then the centred second moment) and in the backward.
+    Returns (y, mean, invstd, count) with the global statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, group):
+        dims = [0, *range(2, x.dim())]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xa = x.to(acc)
+        count_and_sum = torch.cat([xa.new_full((1,), x.numel() // x.shape[1]), xa.sum(dims)])
+        dist.all_reduce(count_and_sum, group=group)
+        count, mean = count_and_sum[0], count_and_sum[1:] / count_and_sum[0]
+        centred = xa - mean.view(_channel_shape(x))
+        sq = centred.square().sum(dims)
+        dist.all_reduce(sq, group=group)
+        invstd = torch.rsqrt(sq / count + eps)
+        x_hat = centred * invstd.view(_channel_shape(x))
+        y = x_hat
+        if weight is not None:
+            y = y * weight.to(acc).view(_channel_shape(x))
+        if bias is not None:
+            y = y + bias.to(acc).view(_channel_shape(x))
+        ctx.save_for_backward(x_hat, weight, invstd, count)
+        ctx.group = group
+        ctx.mark_non_differentiable(mean, invstd, count)
+        return y.to(x.dtype).contiguous(memory_format=memory_format_of(x)), mean, invstd, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, *_unused: Tensor):
+        x_hat, weight, invstd, count = ctx.saved_tensors
+        dims = [0, *range(2, x_hat.dim())]
+        gy = grad_y.to(x_hat.dtype)
+        sum_dy = gy.sum(dims)
+        sum_dy_xhat = (gy * x_hat).sum(dims)
+        local = torch.cat([sum_dy, sum_dy_xhat])
+        grad_w = sum_dy_xhat.clone() if weight is not None else None
+        grad_b = sum_dy.clone()
+        dist.all_reduce(local, group=ctx.group)
+        mean_dy, mean_dy_xhat = (local / count).chunk(2)
+        scale = invstd if weight is None else invstd * weight.to(x_hat.dtype)
+        shape = _channel_shape(x_hat)
+        grad_x = scale.view(shape) * (gy - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape))
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        return (
+            grad_x.to(grad_y.dtype) if need_x else None,
+            grad_w.to(weight.dtype) if need_w and weight is not None else None,
+            grad_b.to(grad_y.dtype) if need_b else None,
+            None,
+            None,
+        )
+
+
+def _update_running(running: Tensor | None, batch_stat: Tensor, momentum: float) -> None:
+    if running is not None:
+        running.mul_(1 - momentum).add_(batch_stat.to(running.dtype), alpha=momentum)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    devices: int = 1,
+    sync_group: object = None,
+) -> Tensor:
+    r"""Batch Normalization with the paper's per-device statistics.
+
+    In training (or when no running statistics are given) the batch is split into
+    ``devices`` equal, contiguous blocks, as if each lay on its own GPU, and each block is
+    normalised over its own (N/devices, *) values per channel: BN at N/devices images per
+    device, on one device. ``running_mean`` and ``running_var`` are updated in place like
+    torch's BN, ``(1 - momentum) * running + momentum * stat`` with the unbiased variance,
+    with the statistic averaged over the blocks. In evaluation the running statistics are
+    used and ``devices`` does not matter.
+
+    ``sync_group``: a torch.distributed process group (or ``"world"``) whose processes share
+    statistics: SyncBN over the whole distributed batch. Ignored outside torch.distributed.
+
+    Raises ValueError when N is not divisible by ``devices`` or a block has a single value
+    per channel (its variance is undefined).
+    """
+    fn = "batch_norm"
+    _check_input(fn, x)
+    n, c = x.shape[:2]
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    eps = _check_eps(fn, eps)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"{fn}: devices must be a positive int; got {devices!r}")
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is not None and r.shape != (c,):
+            raise ValueError(f"{fn}: {name} must have shape ({c},); got {tuple(r.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fn}: give both running_mean and running_var or neither")
+    use_batch_stats = training or running_mean is None
+    if not use_batch_stats:
+        return torch.batch_norm(x, weight, bias, running_mean, running_var, False, 0.0, eps, False)
+
+    if n % devices != 0:
+        raise ValueError(
+            f"{fn}: the batch size N={n} of x must be divisible by devices={devices} "
+            f"(one equal block of the batch per device)"
+        )
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    values_per_block = (n // devices) * math.prod(x.shape[2:])
+    if values_per_block < 2:
+        raise ValueError(
+            f"{fn}: training needs more than 1 value per channel on each device; x has shape "
+            f"{tuple(x.shape)} with devices={devices}, so each device sees {values_per_block}"
+        )
+    group = _resolve_group(sync_group)
+    if group is not None:
+        if devices != 1:
+            raise ValueError(
+                f"{fn}: sync_group takes statistics over all devices; devices must be 1, got {devices}"
+            )
+        y, mean, invstd, count = _SyncBatchNorm.apply(x, weight, bias, eps, group)
+        if running_mean is not None:
+            with torch.no_grad():
+                var = (invstd.double().pow(-2) - eps).clamp_min(0) * (count / (count - 1))
+                _update_running(running_mean, mean, momentum)
+                _update_running(running_var, var, momentum)
+        return y
+    if devices == 1:
+        return torch.batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps, False)
+    y, mean, invstd = _PerDeviceBatchNorm.apply(x, weight, bias, devices, eps)
+    if running_mean is not None:
+        with torch.no_grad():
+            # Native kernels hand back 1/sqrt(var + eps); undo that, then Bessel's correction.
+            var = (invstd.double().pow(-2) - eps).clamp_min(0) * (values_per_block / (values_per_block - 1))
+            _update_running(running_mean, mean.mean(0), momentum)
+            _update_running(running_var, var.mean(0), momentum)
+    return y
+
+
+def _resolve_group(sync_group: object):
+    """The process group to synchronise over, or None when there is nothing to sync with."""
+    if sync_group is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    group = dist.group.WORLD if sync_group == "world" else sync_group
+    return group if dist.get_world_size(group) > 1 else None
+
+
+# ---------------------------------------------------------------------------------------
+# weight standardization
+
+
+def weight_standardize(weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """Weight Standardization (Qiao et al. 2019): each output filter to zero mean, unit variance.
+
+    ``(W[o] - mean(W[o])) / sqrt(var(W[o]) + eps)`` over in-channels and kernel positions,
+    biased variance. Differentiable; W is typically a conv weight (O, I/groups, *kernel).
+    """
+    if not isinstance(weight, Tensor) or weight.dim() < 2 or weight.dtype not in _FLOAT_DTYPES:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight_standardize: weight must be a floating tensor with >= 2 dims; got {got}")
+    flat = weight.reshape(weight.shape[0], -1)
+    acc = flat if flat.dtype == torch.float64 else flat.float()
+    var, mean = torch.var_mean(acc, dim=1, correction=0, keepdim=True)
+    return ((acc - mean) * torch.rsqrt(var + eps)).to(weight.dtype).reshape(weight.shape)

@@ -1,0 +1,29 @@
+"""nn.Modules of the GN family and the norm factory ``make_norm``."""
+
+from groupnorm.nn.conv import WSConv2d, WSConv3d
+from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm, resolve_groups
+from groupnorm.nn.spec import (
+    NormSpec,
+    conv_layer,
+    make_norm,
+    nearest_divisor,
+    parse_norm_spec,
+    register_norm,
+)
+
+__all__ = [
+    "BatchNorm",
+    "FrozenBatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "NormSpec",
+    "WSConv2d",
+    "WSConv3d",
+    "conv_layer",
+    "make_norm",
+    "nearest_divisor",
+    "parse_norm_spec",
+    "register_norm",
+    "resolve_groups",
+]

@@ -1,0 +1,222 @@
+"""The norm spec: one string names any normalization, and ``make_norm`` builds it.
+
+    bn          BN, statistics per (virtual) device
+    bn:sync     BN, statistics over all devices (SyncBN)
+    bn:frozen   BN*, a fixed per-channel affine (frozen statistics)
+    gn          GN with 32 groups (= gn:32)
+    gn:G        GN with G groups
+    gn/K        GN with K channels per group
+    ln          LayerNorm over (C, *)     (GN with one group)
+    in          InstanceNorm over (*)     (GN with one channel per group)
+    none        no normalization (nn.Identity)
+    ws+<spec>   the same, with weight-standardized convs (applied by the model builders and
+                convert_norms; make_norm itself builds only the norm)
+
+``make_norm`` also takes a callable (a class, a functools.partial, a function) and calls it
+with the number of channels, as torchvision's ``norm_layer`` arguments do. New kinds are
+added with :func:`register_norm`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from groupnorm.nn.conv import WSConv2d, WSConv3d
+from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm
+
+__all__ = [
+    "NormSpec",
+    "OnIndivisible",
+    "conv_layer",
+    "make_norm",
+    "nearest_divisor",
+    "parse_norm_spec",
+    "register_norm",
+]
+
+OnIndivisible = Literal["error", "nearest"]
+DEFAULT_GROUPS = 32
+SPEC_HELP = (
+    "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32)"
+)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A parsed norm spec. ``str(spec)`` gives its canonical text."""
+
+    kind: str  # a key of the registry: bn, gn, ln, in, none, ...
+    variant: str = ""  # for bn: "", "sync" or "frozen"
+    groups: int | None = None  # gn:G
+    group_size: int | None = None  # gn/K
+    ws: bool = False
+
+    def __str__(self) -> str:
+        text = self.kind
+        if self.variant:
+            text += f":{self.variant}"
+        if self.groups is not None:
+            text += f":{self.groups}"
+        if self.group_size is not None:
+            text += f"/{self.group_size}"
+        return ("ws+" if self.ws else "") + text
+
+    @property
+    def uses_batch_statistics(self) -> bool:
+        """True when training outputs depend on the other samples of the batch (BN and BN:sync)."""
+        return self.kind == "bn" and self.variant != "frozen"
+
+
+_SPEC = re.compile(r"^(?P<ws>ws\+)?(?P<kind>[a-z][a-z0-9_-]*)(?::(?P<arg>[a-z0-9]+)|/(?P<size>\d+))?$")
+
+NormBuilder = Callable[[NormSpec, int, dict], nn.Module]
+_REGISTRY: dict[str, tuple[NormBuilder, Callable[[NormSpec], None]]] = {}
+
+
+def register_norm(
+    kind: str, builder: NormBuilder, validate: Callable[[NormSpec], None] | None = None
+) -> None:
+    """Make ``kind`` (and ``kind:arg`` / ``kind/K`` when ``validate`` accepts them) a norm spec.
+
+    ``builder(spec, num_channels, options)`` returns the module; ``validate(spec)`` raises
+    ValueError for arguments the kind does not take.
+    """
+
+    def no_arguments(spec: NormSpec) -> None:
+        if spec.variant or spec.groups is not None or spec.group_size is not None:
+            raise ValueError(f"norm spec {str(spec)!r}: {kind} takes no arguments")
+
+    _REGISTRY[kind] = (builder, validate or no_arguments)
+
+
+def parse_norm_spec(spec: str | NormSpec) -> NormSpec:
+    """Parse a norm spec string (see the module docstring); ValueError names the valid forms."""
+    if isinstance(spec, NormSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"norm spec must be a string such as 'gn:32'; got {type(spec).__name__} {spec!r}")
+    m = _SPEC.match(spec.strip().lower())
+    if m is None or m["kind"] not in _REGISTRY:
+        raise ValueError(f"norm spec: cannot parse {spec!r}; expected one of {SPEC_HELP}")
+    arg, size = m["arg"], m["size"]
+    parsed = NormSpec(
+        kind=m["kind"],
+        variant=arg if arg is not None and not arg.isdigit() else "",
+        groups=int(arg) if arg is not None and arg.isdigit() else None,
+        group_size=int(size) if size is not None else None,
+        ws=m["ws"] is not None,
+    )
+    if parsed.groups == 0 or parsed.group_size == 0:
+        raise ValueError(f"norm spec {spec!r}: the number of groups and the group size must be positive")
+    _REGISTRY[parsed.kind][1](parsed)
+    return parsed
+
+
+def nearest_divisor(n: int, target: int) -> int:
+    """The divisor of n closest to target; a tie goes to the smaller divisor."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
+
+
+def make_norm(
+    spec: str | NormSpec | Callable[[int], nn.Module],
+    num_channels: int,
+    *,
+    devices: int = 1,
+    on_indivisible: OnIndivisible = "error",
+    eps: float = 1e-5,
+) -> nn.Module:
+    """Build the normalization layer that ``spec`` names for ``num_channels`` channels.
+
+    Args:
+        spec: a norm spec string or NormSpec, or a callable taking the number of channels.
+        num_channels: C.
+        devices: virtual devices for ``bn`` (see :class:`groupnorm.nn.BatchNorm`).
+        on_indivisible: what to do when C is not divisible by the groups (``gn:G``) or the
+            group size (``gn/K``): ``"error"`` (default) raises; ``"nearest"`` uses the divisor
+            of C nearest to G (or K), ties to the smaller one.
+        eps: added to the variance.
+
+    Examples::
+
+        >>> make_norm("gn:32", 256)
+        GroupNorm(32, 256, eps=1e-05, affine=True)
+        >>> make_norm("gn/16", 256)
+        GroupNorm(16, 256, eps=1e-05, affine=True)
+    """
+    if callable(spec) and not isinstance(spec, (str, NormSpec)):
+        return spec(num_channels)
+    parsed = parse_norm_spec(spec)
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels <= 0:
+        raise ValueError(f"make_norm: num_channels must be a positive int; got {num_channels!r}")
+    if on_indivisible not in ("error", "nearest"):
+        raise ValueError(f"make_norm: on_indivisible must be 'error' or 'nearest'; got {on_indivisible!r}")
+    options = {"devices": devices, "on_indivisible": on_indivisible, "eps": eps}
+    return _REGISTRY[parsed.kind][0](parsed, num_channels, options)
+
+
+def conv_layer(spec: str | NormSpec, dims: int = 2) -> type[nn.Module]:
+    """The conv class a model builder should use with ``spec``: WS convs for ``ws+`` specs."""
+    ws = parse_norm_spec(spec).ws
+    if dims not in (2, 3):
+        raise ValueError(f"conv_layer: dims must be 2 or 3; got {dims!r}")
+    if dims == 2:
+        return WSConv2d if ws else nn.Conv2d
+    return WSConv3d if ws else nn.Conv3d
+
+
+# ---------------------------------------------------------------------------------------
+# the built-in kinds
+
+
+def _build_bn(spec: NormSpec, c: int, o: dict) -> nn.Module:
+    if spec.variant == "frozen":
+        return FrozenBatchNorm(c, eps=o["eps"])
+    if spec.variant == "sync":
+        return BatchNorm(c, sync=True, eps=o["eps"])
+    return BatchNorm(c, devices=o["devices"], eps=o["eps"])
+
+
+def _validate_bn(spec: NormSpec) -> None:
+    if spec.groups is not None or spec.group_size is not None or spec.variant not in ("", "sync", "frozen"):
+        raise ValueError(
+            f"norm spec {str(spec)!r}: bn takes ':sync' or ':frozen'; expected one of {SPEC_HELP}"
+        )
+
+
+def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
+    if spec.group_size is not None:
+        size = spec.group_size
+        if c % size:
+            if o["on_indivisible"] == "error":
+                raise ValueError(
+                    f"norm spec {str(spec)!r} does not apply to {c} channels: the group size {size} must "
+                    f"divide C (pass on_indivisible='nearest' to use {nearest_divisor(c, size)} instead)"
+                )
+            size = nearest_divisor(c, size)
+        return GroupNorm(num_channels=c, group_size=size, eps=o["eps"])
+    groups = spec.groups if spec.groups is not None else DEFAULT_GROUPS
+    if c % groups:
+        if o["on_indivisible"] == "error":
+            raise ValueError(
+                f"norm spec {str(spec)!r} does not apply to {c} channels: {groups} groups must divide C "
+                f"(pass on_indivisible='nearest' to use {nearest_divisor(c, groups)} groups instead)"
+            )
+        groups = nearest_divisor(c, groups)
+    return GroupNorm(groups, c, eps=o["eps"])
+
+
+def _validate_gn(spec: NormSpec) -> None:
+    if spec.variant:
+        raise ValueError(f"norm spec {str(spec)!r}: gn takes ':G' (groups) or '/K' (channels per group)")
+
+
+register_norm("bn", _build_bn, _validate_bn)
+register_norm("gn", _build_gn, _validate_gn)
+register_norm("ln", lambda spec, c, o: LayerNorm(c, eps=o["eps"]))
+register_norm("in", lambda spec, c, o: InstanceNorm(c, eps=o["eps"]))
+register_norm("none", lambda spec, c, o: nn.Identity())
