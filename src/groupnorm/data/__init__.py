@@ -1,6 +1,24 @@
-"""Datasets, held in memory as tensors where they are small."""
+"""Datasets: Fashion-MNIST (IDX), CIFAR-10 (binary), ImageFolder; small ones held in memory as tensors."""
 
+from groupnorm.data.cifar10 import find_cifar10, load_cifar10
+from groupnorm.data.datasets import DATASETS, ImageData, load_image_data
 from groupnorm.data.fashion_mnist import download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
 from groupnorm.data.idx import DataFileError, read_idx
+from groupnorm.data.loader import Augment, FolderLoader, MemoryLoader, augment_batch
 
-__all__ = ["DataFileError", "download_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "Augment",
+    "DataFileError",
+    "FolderLoader",
+    "ImageData",
+    "MemoryLoader",
+    "augment_batch",
+    "download_fashion_mnist",
+    "find_cifar10",
+    "find_fashion_mnist",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_image_data",
+    "read_idx",
+]

@@ -158,9 +158,7 @@ def _fetch(url: str, progress: bool) -> bytes:
             if progress:
                 from tqdm import tqdm
 
-                bar = tqdm(
-                    total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], file=sys.stderr
-                )
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], file=sys.stderr)
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 if bar is not None:

@@ -28,9 +28,7 @@ def read_idx_bytes(path: Path) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataFileError(
-                f"data file {path} is not a valid gzip file (truncated or corrupt): {e}"
-            ) from None
+            raise DataFileError(f"data file {path} is not a valid gzip file (truncated or corrupt): {e}") from None
     return raw
 
 
@@ -43,15 +41,11 @@ def read_idx(path: Path, sha256: str | None = None) -> np.ndarray:
     """
     raw = read_idx_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataFileError(
-            f"data file {path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'})"
-        )
+        raise DataFileError(f"data file {path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataFileError(
-            f"data file {path} is truncated: its header needs {header} bytes, it has {len(raw)}"
-        )
+        raise DataFileError(f"data file {path} is truncated: its header needs {header} bytes, it has {len(raw)}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

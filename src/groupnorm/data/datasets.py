@@ -1,0 +1,86 @@
+"""Small image datasets by name, held in memory: what the classification experiments train on."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from groupnorm.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from groupnorm.data.cifar10 import find_cifar10, load_cifar10
+from groupnorm.data.fashion_mnist import CLASSES as FASHION_CLASSES
+from groupnorm.data.fashion_mnist import load_fashion_mnist
+from groupnorm.data.loader import Augment
+
+__all__ = ["DATASETS", "DATASET_SHAPES", "ImageData", "load_image_data"]
+
+DATASETS = ("fashion-mnist", "cifar10")
+DATASET_SHAPES = {"fashion-mnist": (1, 10), "cifar10": (3, 10)}  # (in_channels, num_classes)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset in memory: uint8 images (N, C, H, W), int64 labels, and how to train on it."""
+
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    val_images: Tensor
+    val_labels: Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _subset(images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The first n of a fixed shuffle (the same for every run, so runs compare on the same data)."""
+    if n <= 0 or n >= len(images):
+        return images, labels
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return images[idx], labels[idx]
+
+
+@functools.lru_cache(maxsize=4)
+def load_image_data(
+    name: str, train_images: int = 0, val_images: int = 0, data_dir: str | None = None, subset_seed: int = 0
+) -> ImageData:
+    """Load ``name`` (fashion-mnist or cifar10), optionally a fixed random subset of each split.
+
+    ``train_images`` / ``val_images``: how many to keep (0: all). Validation is the official
+    test split. Mean and std are the training subset's, per channel.
+    """
+    if name == "fashion-mnist":
+        tr, trl = load_fashion_mnist("train", Path(data_dir) if data_dir else None)
+        va, val = load_fashion_mnist("test", Path(data_dir) if data_dir else None)
+        tr, va = tr.unsqueeze(1), va.unsqueeze(1)
+        classes, augment = FASHION_CLASSES, Augment(pad=2, flip=True)
+    elif name == "cifar10":
+        directory = find_cifar10(data_dir)
+        if directory is None:
+            raise FileNotFoundError(
+                "CIFAR-10 binary files not found: pass data_dir=... (the unpacked cifar-10-batches-bin) "
+                "or set GROUPNORM_DATA to a directory holding cifar10/"
+            )
+        tr, trl = load_cifar10(directory, "train")
+        va, val = load_cifar10(directory, "test")
+        classes, augment = CIFAR10_CLASSES, Augment(pad=4, flip=True)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    tr, trl = _subset(tr, trl, train_images, subset_seed)
+    va, val = _subset(va, val, val_images, subset_seed + 1)
+    pixels = tr.float().div_(255).transpose(0, 1).reshape(tr.shape[1], -1)
+    mean = tuple(pixels.mean(1).tolist())
+    std = tuple(pixels.std(1).tolist())
+    return ImageData(name, tr, trl, va, val, classes, mean, std, augment)
