@@ -1,0 +1,71 @@
+"""Model builders; every one takes a norm spec (see groupnorm.nn.spec).
+
+build_model("resnet", norm="gn:8", depth=20, width=16, num_classes=10, in_channels=1)
+build_model("resnet50", norm="gn", num_classes=1000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from groupnorm.convert import zero_init_last_gamma
+from groupnorm.models.cifar_resnet import BasicBlock, CifarResNet
+from groupnorm.nn.spec import NormSpec, OnIndivisible, conv_layer, make_norm, parse_norm_spec
+
+__all__ = ["MODELS", "BasicBlock", "CifarResNet", "build_model", "norm_factory"]
+
+
+def norm_factory(
+    spec: str | NormSpec, devices: int = 1, on_indivisible: OnIndivisible = "error"
+) -> Callable[[int], nn.Module]:
+    """``num_channels -> norm layer`` for ``spec``: what torchvision calls a ``norm_layer``."""
+    return partial(make_norm, parse_norm_spec(spec), devices=devices, on_indivisible=on_indivisible)
+
+
+def _resnet(spec, num_classes, in_channels, devices, on_indivisible, depth=20, width=16):
+    norm = norm_factory(spec, devices, on_indivisible)
+    return CifarResNet(depth, width, num_classes, in_channels, norm, conv_layer(spec))
+
+
+def _resnet50(spec, num_classes, in_channels, devices, on_indivisible):
+    import torchvision
+
+    from groupnorm.convert import convert_norms
+
+    model = torchvision.models.resnet50(
+        weights=None, num_classes=num_classes, norm_layer=norm_factory(spec, devices, on_indivisible)
+    )
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    if parse_norm_spec(spec).ws:
+        convert_norms(model, "none", ws=True)  # no BN left to replace: swaps the convs only
+    return model
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"resnet": _resnet, "resnet50": _resnet50}
+
+
+def build_model(
+    name: str,
+    *,
+    norm: str | NormSpec,
+    num_classes: int,
+    in_channels: int = 3,
+    devices: int = 1,
+    on_indivisible: OnIndivisible = "error",
+    zero_init_last: bool = True,
+    **kwargs,
+) -> nn.Module:
+    """Build model ``name`` with every norm from ``norm``; gamma = 0 in each block's last norm.
+
+    Raises ValueError before anything trains where the spec does not fit a layer.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(sorted(MODELS))}")
+    model = MODELS[name](parse_norm_spec(norm), num_classes, in_channels, devices, on_indivisible, **kwargs)
+    if zero_init_last:
+        zero_init_last_gamma(model)
+    return model

@@ -1,0 +1,158 @@
+"""Run a list of training runs: skip finished ones, resume interrupted ones, keep every core busy.
+
+On a CPU, small models train faster as several single-threaded runs side by side than as
+one run on all cores (measured on 2 cores: 2 runs x 1 thread give ~1.7x the images/s of
+1 run x 2 threads at 1-2 images per device), so ``jobs`` runs go at once, each with
+cores/jobs threads. Progress is read back from the runs' metrics.jsonl, which gives an
+ETA for the whole sweep.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from groupnorm.train import records
+from groupnorm.train.config import TrainConfig
+from groupnorm.train.loop import RunBusy, check_buildable, run_dir_of, train_run
+
+__all__ = ["SweepFailed", "SweepProgress", "default_jobs", "run_cost", "run_sweep"]
+
+
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep raised; the others finished."""
+
+
+def default_jobs() -> int:
+    """One single-threaded run per core on a CPU; one run at a time on a GPU or under torchrun."""
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    return max(1, os.cpu_count() or 1)
+
+
+def run_cost(cfg: TrainConfig) -> float:
+    """Relative cost of a run: images trained, plus a per-step overhead that small batches pay.
+
+    Measured on the CIFAR-style ResNet on CPU: seconds per image ~ a + b / batch with b/a ~ 9.
+    """
+    images = cfg.train_images or 60000
+    return cfg.epochs * images * (1.0 + 9.0 / cfg.effective_batch) * (cfg.depth / 8 if cfg.model == "resnet" else 1)
+
+
+class SweepProgress:
+    """Fraction of the sweep's cost done, read from the runs' metrics files, and an ETA."""
+
+    def __init__(self, configs: Sequence[TrainConfig], runs_dir: Path) -> None:
+        self.configs, self.runs_dir = list(configs), Path(runs_dir)
+        self.total = sum(run_cost(c) for c in self.configs) or 1.0
+        self.start_done = self.done()
+        self.t0 = time.perf_counter()
+
+    def done(self) -> float:
+        total = 0.0
+        for c in self.configs:
+            run_dir = run_dir_of(c, self.runs_dir)
+            if (run_dir / records.RESULT).is_file():
+                total += run_cost(c)
+            else:
+                total += run_cost(c) * min(len(records.read_metrics(run_dir)), c.epochs) / c.epochs
+        return total
+
+    def line(self) -> str:
+        return self.status()[1]
+
+    def status(self) -> tuple[int, str]:
+        """(percent done, a progress line)."""
+        done = self.done()
+        finished = sum((run_dir_of(c, self.runs_dir) / records.RESULT).is_file() for c in self.configs)
+        rate = (done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = f"ETA {_duration((self.total - done) / rate)}" if rate > 0 else "ETA --"
+        pct = int(100 * done / self.total)
+        return pct, f"sweep: {finished}/{len(self.configs)} runs finished, {pct}% of the work, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):  # die with the parent, so a killed sweep leaves no orphan training
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+
+
+def _run_one(cfg: TrainConfig, runs_dir: str) -> dict[str, Any]:
+    return train_run(cfg, runs_dir, progress=False)
+
+
+def run_sweep(
+    configs: Sequence[TrainConfig],
+    runs_dir: Path | str,
+    *,
+    jobs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any] | None]:
+    """Train every config not yet finished; return their results in order (None where one failed).
+
+    Raises SweepFailed after all runs have been tried if any raised.
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    runs_dir = Path(runs_dir)
+    check_buildable(list(configs))
+    jobs = max(1, min(jobs or default_jobs(), len(configs) or 1))
+    tracker = SweepProgress(configs, runs_dir)
+    finished = sum((run_dir_of(c, runs_dir) / records.RESULT).is_file() for c in configs)
+    log(f"sweep: {len(configs)} runs under {runs_dir}, {finished} already finished; {jobs} at a time")
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    failures: list[str] = []
+
+    if jobs == 1:
+        for i, cfg in enumerate(configs):
+            try:
+                results[i] = train_run(cfg, runs_dir)
+            except RunBusy as e:
+                log(f"sweep: skipping {cfg.id}: {e}")
+            except Exception as e:  # keep going; report at the end
+                failures.append(f"{cfg.id}: {type(e).__name__}: {e}")
+                log(f"sweep: run {cfg.id} failed:\n{traceback.format_exc()}")
+            log(tracker.line())
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        order = sorted(range(len(configs)), key=lambda i: -run_cost(configs[i]))  # longest first packs best
+        with ProcessPoolExecutor(
+            jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(_run_one, configs[i].replace(threads=threads), str(runs_dir)): i for i in order}
+            pending, last = set(futures), -1
+            while pending:
+                done, pending = wait(pending, timeout=10, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = futures[fut]
+                    try:
+                        results[i] = fut.result()
+                    except RunBusy as e:
+                        log(f"sweep: skipping {configs[i].id}: {e}")
+                    except Exception as e:
+                        failures.append(f"{configs[i].id}: {type(e).__name__}: {e}")
+                        log(f"sweep: run {configs[i].id} failed: {type(e).__name__}: {e}")
+                pct, line = tracker.status()
+                if pct != last:  # a line whenever some run finishes an epoch
+                    log(line)
+                    last = pct
+    if failures:
+        raise SweepFailed(f"{len(failures)} of {len(configs)} runs failed: " + "; ".join(failures))
+    return results

@@ -1,0 +1,202 @@
+"""The training engine: lr scaling, virtual devices, records, resume after a kill, sweeps, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from groupnorm.models import build_model
+from groupnorm.train import TrainConfig, learning_rate, load_records, run_dir_of, scaled_lr, train_run
+from groupnorm.train.sweep import run_cost, run_sweep
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = {
+    "train_images": 256,
+    "val_images": 128,
+    "epochs": 2,
+    "images_per_device": 4,
+    "devices": 4,
+    "threads": 1,
+    "median_last": 2,
+}
+
+
+def tiny(**kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, **kw})
+
+
+def test_lr_is_scaled_linearly_with_images_per_device():
+    assert scaled_lr(0.1, 32) == pytest.approx(0.1)
+    assert scaled_lr(0.1, 2) == pytest.approx(0.1 * 2 / 32)
+    assert TrainConfig(images_per_device=1).lr == pytest.approx(0.1 / 32)
+    assert TrainConfig(images_per_device=8, devices=8).effective_batch == 64
+
+
+def test_schedules():
+    assert learning_rate(1.0, 0.0, 10, "cosine", 1.0) == pytest.approx(0.1)  # warm-up from peak/10
+    assert learning_rate(1.0, 1.0, 10, "cosine", 1.0) == pytest.approx(1.0)
+    assert learning_rate(1.0, 10.0, 10, "cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(1.0, 5.5, 10, "cosine", 1.0) == pytest.approx(0.5)
+    assert [learning_rate(1.0, e, 100, "step", 0) for e in (0, 29.9, 30, 60, 95)] == pytest.approx(
+        [1, 1, 0.1, 0.01, 0.001]
+    )
+
+
+def test_virtual_devices_in_a_model():
+    """In training, BN statistics come from each block of N/D images; GN's never cross samples."""
+    x = torch.randn(8, 1, 12, 12)
+    for norm, crosses_samples in (("bn", True), ("gn:4", False)):
+        model = build_model("resnet", norm=norm, depth=8, width=8, num_classes=3, in_channels=1, devices=4)
+        model.train()
+        y = model(x)
+        x2 = x.clone()
+        x2[4:] = torch.randn(4, 1, 12, 12) * 3  # other devices' images
+        torch.testing.assert_close(model(x2)[:4], y[:4])
+        x3 = x.clone()
+        x3[1] = torch.randn(1, 12, 12) * 3  # the other image on sample 0's device
+        changed = not torch.allclose(model(x3)[0], y[0])
+        assert changed == crosses_samples
+
+
+def test_run_id_hashes_what_changes_results_only():
+    a = TrainConfig()
+    assert a.id == TrainConfig().id
+    assert a.id != TrainConfig(norm="gn:8").id != TrainConfig(seed=1).id
+    assert a.id == TrainConfig(threads=1, data_dir="/elsewhere", checkpoint_seconds=1.0).id
+    assert a.id.startswith("fmnist_r8w16_bn_b32_s0_")
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"norm": "gx"}, "cannot parse 'gx'"),
+        ({"dataset": "mnist"}, "dataset must be one of"),
+        ({"schedule": "linear"}, "schedule must be one of cosine, step"),
+        ({"depth": 9}, r"6n\+2"),
+        ({"images_per_device": 0}, "images_per_device must be >= 1"),
+        ({"model": "vit"}, "model must be one of"),
+    ],
+)
+def test_bad_configs_fail_before_training(kw, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**kw)
+
+
+def test_a_run_writes_its_records(tmp_path):
+    cfg = tiny(norm="gn:4", width=8)
+    result = train_run(cfg, tmp_path, log=lambda m: None)
+    run_dir = run_dir_of(cfg, tmp_path)
+    assert json.loads((run_dir / "config.json").read_text())["norm"] == "gn:4"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert json.loads((run_dir / "result.json").read_text()) == result
+    assert result["images_per_device"] == 4 and result["devices"] == 4 and result["effective_batch"] == 16
+    assert result["error"] == pytest.approx((metrics[0]["val_error"] + metrics[1]["val_error"]) / 2)  # median of 2
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "model" in ckpt and "optimizer" in ckpt
+    # a finished run is not trained again
+    assert train_run(cfg, tmp_path, log=lambda m: pytest.fail("retrained")) == result
+
+
+def _train_cmd(runs: Path, cfg: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "groupnorm", "train", "--runs", str(runs)]
+    for k, v in cfg.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    cfg = {**TINY, "epochs": 3, "norm": "bn", "width": 8, "checkpoint_steps": 3}
+    subprocess.run(_train_cmd(tmp_path / "whole", cfg), env=_env(), check=True, capture_output=True)
+
+    runs = tmp_path / "killed"
+    config = TrainConfig(**{k: v for k, v in cfg.items()})
+    ckpt = run_dir_of(config, runs) / "checkpoint.pt"
+    for kill_after in (1, 5):  # kill at two moments: mid-epoch 1, then later
+        proc = subprocess.Popen(_train_cmd(runs, cfg), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        seen = 0
+        last = None
+        while time.time() < deadline and proc.poll() is None:
+            stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+            if stamp is not None and stamp != last:
+                seen, last = seen + 1, stamp
+                if seen >= kill_after:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir_of(config, runs) / "result.json").exists(), "the run finished before it could be killed"
+    subprocess.run(_train_cmd(runs, cfg), env=_env(), check=True, capture_output=True)
+
+    whole = load_records(tmp_path / "whole" / "train")[0]
+    resumed = load_records(runs / "train")[0]
+    keys = ("train_loss", "train_error", "val_loss", "val_error", "images_seen", "lr")
+    assert [[m[k] for k in keys] for m in resumed.metrics] == [[m[k] for k in keys] for m in whole.metrics]
+    assert resumed.result["error"] == whole.result["error"]
+
+
+def test_sweep_skips_finished_runs_and_reports_progress(tmp_path):
+    configs = [tiny(norm=n, width=8, epochs=1) for n in ("bn", "gn:4")]
+    lines = []
+    run_sweep(configs, tmp_path, jobs=1, log=lines.append)
+    assert any("2/2 runs finished, 100% of the work" in line for line in lines)
+    lines.clear()
+    results = run_sweep(configs, tmp_path, jobs=1, log=lines.append)
+    assert "2 already finished" in lines[0] and all(r["status"] == "finished" for r in results)
+    assert run_cost(tiny(images_per_device=1)) > run_cost(tiny(images_per_device=4))
+
+
+@pytest.mark.slow
+def test_sweep_runs_jobs_in_parallel_processes(tmp_path):
+    configs = [tiny(norm=n, width=8, epochs=1) for n in ("bn", "gn:4", "ln")]
+    results = run_sweep(configs, tmp_path, jobs=2, log=lambda m: None)
+    assert [r["norm"] for r in results] == ["bn", "gn:4", "ln"]
+
+
+def test_diverged_run_is_recorded(tmp_path):
+    result = train_run(tiny(norm="none", width=8, base_lr=1e4, epochs=3), tmp_path, log=lambda m: None)
+    assert result["status"] == "diverged"
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "groupnorm", *args], env=_env(), capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["reproduce", "nope"], ["invalid choice: 'nope'", "batch-sizes"]),
+        (["reproduce", "--preset", "huge"], ["unknown preset 'huge'", "smoke, quick, full, paper"]),
+        (["reproduce", "--set", "epoch=3"], ["unknown setting 'epoch'", "epochs"]),
+        (["reproduce", "--set", "epochs=three"], ["epochs expects int; got 'three'"]),
+        (["reproduce", "--set", "seeds=0,x"], ["seeds expects int; got 'x'"]),
+        (["train", "--set", "norm=gx"], ["cannot parse 'gx'"]),
+        (["sweep", "--norms", "bn", "gn:7", "--set", "width=16"], ["'gn:7' does not apply to 16 channels"]),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, words):
+    proc = _cli(*args, "--runs", str(tmp_path)) if args[0] != "reproduce" or "nope" not in args else _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in proc.stderr
+
+
+def test_cli_help_explains_the_commands():
+    out = _cli("--help").stdout
+    for w in ("reproduce", "train", "sweep", "report", "torchrun", "--preset smoke"):
+        assert w in out
+    assert "smoke" in _cli("reproduce", "--help").stdout
