@@ -1,0 +1,206 @@
+"""``groupnorm <command>``: reproduce the paper's experiments, train, sweep, report.
+
+Thin on purpose: it parses, then calls groupnorm.experiments and groupnorm.report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from groupnorm.experiments import EXPERIMENTS
+from groupnorm.experiments.overrides import OverrideError, apply_overrides
+from groupnorm.train.sweep import SweepFailed
+
+__all__ = ["main"]
+
+DEFAULT_EXPERIMENT = "batch-sizes"
+
+EPILOG = """\
+examples:
+  groupnorm reproduce                              the batch-size study, quick preset (~25 min on 2 cores)
+  groupnorm reproduce --preset smoke               the same, end to end in under 2 minutes
+  groupnorm reproduce batch-sizes --preset full    the whole grid: 3 seeds, ResNet-8 and -20, CIFAR-10 if present
+  groupnorm reproduce --set epochs=30 --set seeds=0,1,2
+  groupnorm train --set norm=gn:8 --set images_per_device=2
+  groupnorm sweep --norms bn gn:8 --images-per-device 32 4 1 --seeds 0 1
+  groupnorm report batch-sizes
+  torchrun --nproc_per_node 8 -m groupnorm reproduce --preset paper --set data_dir=/data/imagenet
+
+Records go under --runs (default ./runs): runs/<experiment>/<run-id>/{config.json, metrics.jsonl,
+result.json, checkpoint.pt}. Re-running skips finished runs and resumes interrupted ones.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2, no usage dump, no traceback)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _fail(message: str) -> int:
+    print(f"groupnorm: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="groupnorm",
+        description="Group Normalization (Wu & He, 2018): reproduce the paper's experiments on real data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runs", type=Path, default=Path("runs"), help="directory of the records (default: ./runs)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a setting (repeatable); tuples are comma-separated, e.g. seeds=0,1,2",
+        )
+
+    experiments = sorted(EXPERIMENTS)
+    rep = sub.add_parser(
+        "reproduce",
+        help="train one of the paper's experiments and write its report",
+        description="Train every run of an experiment's preset that is not finished yet, then write "
+        "runs/<experiment>/report.md, summary.json and figures beside the paper's numbers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="presets: " + "; ".join(f"{n}: {', '.join(EXPERIMENTS[n].PRESETS)}" for n in experiments),
+    )
+    rep.add_argument(
+        "experiment",
+        nargs="?",
+        default=DEFAULT_EXPERIMENT,
+        choices=experiments,
+        help=f"which experiment (default: {DEFAULT_EXPERIMENT})",
+    )
+    rep.add_argument("--preset", default="quick", help="smoke | quick (default) | full | paper")
+    rep.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per CPU core, 1 on GPU)")
+    common(rep)
+
+    train = sub.add_parser(
+        "train",
+        help="train one run",
+        description="Train (or resume) one run; every field of TrainConfig can be --set.",
+    )
+    common(train)
+
+    sweep = sub.add_parser("sweep", help="train a grid of norms x images per device x seeds")
+    sweep.add_argument("--norms", nargs="+", default=["bn", "gn:8"], help="norm specs (default: bn gn:8)")
+    sweep.add_argument("--images-per-device", nargs="+", type=int, default=[32, 2], help="default: 32 2")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sweep.add_argument("--experiment", default="sweep", help="records go to runs/<experiment> (default: sweep)")
+    sweep.add_argument("--jobs", type=int, default=None)
+    common(sweep)
+
+    report = sub.add_parser("report", help="rebuild an experiment's report from its records")
+    report.add_argument(
+        "experiment",
+        nargs="?",
+        default=DEFAULT_EXPERIMENT,
+        help=f"experiment name or records directory (default: {DEFAULT_EXPERIMENT})",
+    )
+    report.add_argument("--runs", type=Path, default=Path("runs"))
+    return parser
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from groupnorm.report import build_report
+
+    module = EXPERIMENTS[args.experiment]
+    if args.preset not in module.PRESETS:
+        return _fail(f"unknown preset {args.preset!r} for {args.experiment}; choose from {', '.join(module.PRESETS)}")
+    preset = apply_overrides(module.PRESETS[args.preset], args.overrides)
+    print(
+        f"groupnorm: {args.experiment}, preset {args.preset}, records in {args.runs / module.NAME}",
+        flush=True,
+    )
+    module.run(preset, args.runs, jobs=args.jobs)
+    report = build_report(module.NAME, args.runs / module.NAME)
+    print(f"\nReport: {report}")
+    print(_verdict_of(report))
+    return 0
+
+
+def _verdict_of(report: Path) -> str:
+    """The verdict paragraph of a report, for the terminal."""
+    text = report.read_text()
+    start = text.find("### Verdict")
+    if start < 0:
+        return ""
+    end = text.find("\n### ", start + 1)
+    return text[start : end if end > 0 else None].strip()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from groupnorm.train import TrainConfig, train_run
+
+    cfg = apply_overrides(TrainConfig(), args.overrides)
+    result = train_run(cfg, args.runs)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{cfg.id}: error {result['error']:.2f}% (median of the last {cfg.median_last} epochs), "
+            f"train error {result['train_error']:.2f}%, {result['status']}"
+        )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from groupnorm.nn.spec import parse_norm_spec
+    from groupnorm.report import build_report
+    from groupnorm.train import TrainConfig
+    from groupnorm.train.sweep import run_sweep
+
+    base = apply_overrides(TrainConfig(experiment=args.experiment), args.overrides)
+    configs = [
+        base.replace(norm=n, images_per_device=b, seed=s)
+        for n in args.norms
+        for b in args.images_per_device
+        for s in args.seeds
+    ]
+    for c in configs:  # fail before training anything
+        parse_norm_spec(c.norm)
+    run_sweep(configs, args.runs, jobs=args.jobs)
+    print(f"\nReport: {build_report(args.experiment, args.runs / args.experiment)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from groupnorm.report import build_report
+
+    given = Path(args.experiment)
+    directory = given if given.is_dir() else args.runs / args.experiment
+    name = directory.name
+    print(build_report(name, directory))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handler = {"reproduce": _reproduce, "train": _train, "sweep": _sweep, "report": _report}[args.command]
+    try:
+        return handler(args)
+    except OverrideError as e:
+        return _fail(str(e))
+    except SweepFailed as e:
+        print(f"groupnorm: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("GROUPNORM_DEBUG"):
+            raise
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished runs are kept, the current one resumes from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 130

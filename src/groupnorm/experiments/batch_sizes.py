@@ -1,0 +1,125 @@
+"""The batch-size study (paper Sec. 4.1: Table 1, Table 2, Figures 1, 4, 5).
+
+ResNets with BN, LN, IN and GN, trained with one recipe (no per-norm tuning) at 32, 16, 8,
+4, 2 and 1 images per device over 8 (virtual) devices, lr = 0.1 x B/32, the same number of
+epochs at every B; the reported error is the median val error of the last 5 epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from groupnorm.data.cifar10 import find_cifar10
+from groupnorm.train.config import TrainConfig
+from groupnorm.train.records import Record, load_records
+from groupnorm.train.sweep import run_sweep
+
+__all__ = ["NAME", "PRESETS", "Preset", "configs", "run"]
+
+NAME = "batch-sizes"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A grid of runs. ``norms`` run at every ``images_per_device``; ``norms_at_largest`` at the largest only."""
+
+    datasets: tuple[str, ...] = ("fashion-mnist",)
+    model: str = "resnet"
+    depths: tuple[int, ...] = (8,)
+    width: int = 16
+    norms: tuple[str, ...] = ("bn", "gn:8")
+    images_per_device: tuple[int, ...] = (32, 2, 1)
+    norms_at_largest: tuple[str, ...] = ("ln", "in")
+    seeds: tuple[int, ...] = (0,)
+    devices: int = 8
+    train_images: int = 20000
+    val_images: int = 0
+    epochs: int = 16
+    base_lr: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    median_last: int = 5
+    channels_last: bool = True
+    image_size: int = 224
+    data_dir: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    # End to end in well under 2 minutes: what the tests run.
+    "smoke": Preset(images_per_device=(4, 1), train_images=1024, val_images=512, epochs=2, median_last=1),
+    # The default of `make reproduce`: ~25 minutes on 2 cores.
+    "quick": Preset(),
+    # The whole grid, 3 seeds, two depths, CIFAR-10 too when present (hours on a CPU).
+    "full": Preset(
+        datasets=("fashion-mnist", "cifar10"),
+        depths=(8, 20),
+        images_per_device=(32, 16, 8, 4, 2, 1),
+        seeds=(0, 1, 2),
+    ),
+    # The paper's ImageNet setting for a lab: torchrun over 8 GPUs, data_dir with train/ and val/.
+    "paper": Preset(
+        datasets=("imagefolder",),
+        model="resnet50",
+        depths=(50,),
+        norms=("bn", "gn"),
+        images_per_device=(32, 16, 8, 4, 2),
+        train_images=0,
+        epochs=100,
+        schedule="step",
+        warmup_epochs=0.0,
+        channels_last=True,
+    ),
+}
+
+
+def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainConfig]:
+    """Every run of the grid; datasets that are not present locally are left out (and said so)."""
+    out = []
+    largest = max(preset.images_per_device)
+    for dataset in preset.datasets:
+        if dataset == "cifar10" and find_cifar10(preset.data_dir or None) is None:
+            log("batch-sizes: CIFAR-10 not found (set GROUPNORM_DATA to a directory with cifar10/); skipping it")
+            continue
+        if dataset == "imagefolder" and not preset.data_dir:
+            raise ValueError("the imagefolder dataset needs data_dir (a folder with train/ and val/)")
+        grid = [(n, b) for n in preset.norms for b in preset.images_per_device]
+        grid += [(n, largest) for n in preset.norms_at_largest]
+        for depth in preset.depths:
+            for norm, b in grid:
+                for seed in preset.seeds:
+                    out.append(
+                        TrainConfig(
+                            experiment=NAME,
+                            dataset=dataset,
+                            model=preset.model,
+                            depth=depth,
+                            width=preset.width,
+                            norm=norm,
+                            images_per_device=b,
+                            devices=preset.devices,
+                            seed=seed,
+                            train_images=preset.train_images,
+                            val_images=preset.val_images,
+                            epochs=preset.epochs,
+                            base_lr=preset.base_lr,
+                            schedule=preset.schedule,
+                            warmup_epochs=preset.warmup_epochs,
+                            weight_decay=preset.weight_decay,
+                            median_last=preset.median_last,
+                            channels_last=preset.channels_last,
+                            image_size=preset.image_size,
+                            data_dir=preset.data_dir,
+                        )
+                    )
+    return out
+
+
+def run(
+    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
+) -> list[Record]:
+    """Train every run of ``preset`` not yet finished under ``runs_dir``; return the experiment's records."""
+    run_sweep(configs(preset, log), runs_dir, jobs=jobs, log=log)
+    return load_records(Path(runs_dir) / NAME)

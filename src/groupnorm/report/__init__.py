@@ -1,0 +1,15 @@
+"""Records -> markdown tables and matplotlib figures, beside the paper's numbers."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from groupnorm.report import batch_sizes
+
+__all__ = ["REPORTS", "build_report"]
+
+REPORTS: dict[str, Callable[[Path], Path]] = {"batch-sizes": batch_sizes.build_report}
+
+
+def build_report(experiment: str, experiment_dir: Path) -> Path:
+    """Rebuild ``experiment``'s report from the records in ``experiment_dir``; return report.md."""
+    return REPORTS.get(experiment, batch_sizes.build_report)(experiment_dir)

@@ -1,0 +1,378 @@
+"""Report of the batch-size study: Table 1, Table 2, Figures 1, 4 and 5 beside the paper's, from records alone.
+
+runs/batch-sizes/report.md       tables, the verdict, figures embedded
+runs/batch-sizes/summary.json    {"rows": [{norm, images_per_device, devices, seeds, error_mean, error_std, ...}]}
+runs/batch-sizes/figures/*.png
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from groupnorm.io import atomic_write_json, atomic_write_text
+from groupnorm.report import paper
+from groupnorm.report.common import (
+    fmt,
+    markdown_table,
+    mean_std,
+    norm_kind,
+    norm_label,
+    pyplot,
+    save_figure,
+    seed_noise_note,
+)
+from groupnorm.train.records import Record, load_records
+
+__all__ = ["Cell", "build_report", "verdict"]
+
+SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", "devices")
+KIND_ORDER = {"bn": 0, "ln": 1, "in": 2, "gn": 3}
+
+
+@dataclass
+class Cell:
+    """The runs of one (norm, images per device) in one setting: one per seed."""
+
+    norm: str
+    images_per_device: int
+    devices: int
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[float]:
+        return [r.result["error"] for r in self.records]  # type: ignore[index]
+
+    @property
+    def train_errors(self) -> list[float]:
+        return [r.result["train_error"] for r in self.records]  # type: ignore[index]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.config["seed"] for r in self.records)
+
+    @property
+    def mean_std(self) -> tuple[float, float]:
+        return mean_std(self.errors)
+
+    def curve(self, key: str) -> list[float]:
+        """``key`` per epoch, averaged over seeds (over the epochs every seed has)."""
+        n = min(len(r.metrics) for r in self.records)
+        return [statistics.fmean(r.metrics[i][key] for r in self.records) for i in range(n)]
+
+
+def _setting_of(r: Record) -> tuple:
+    return tuple(r.config.get(k) for k in SETTING_KEYS)
+
+
+def _setting_title(setting: tuple) -> str:
+    s = dict(zip(SETTING_KEYS, setting, strict=True))
+    model = f"ResNet-{s['depth']} (width {s['width']})" if s["model"] == "resnet" else s["model"]
+    images = f"{s['train_images']} training images" if s["train_images"] else "all training images"
+    return f"{s['dataset']}, {model}, {images}, {s['epochs']} epochs, {s['devices']} devices"
+
+
+def _slug(setting: tuple) -> str:
+    s = dict(zip(SETTING_KEYS, setting, strict=True))
+    return f"{s['dataset']}-{s['model']}{s['depth']}w{s['width']}-n{s['train_images']}-e{s['epochs']}"
+
+
+def _cells(recs: list[Record]) -> dict[tuple[str, int], Cell]:
+    cells: dict[tuple[str, int], Cell] = {}
+    for r in recs:
+        key = (r.config["norm"], r.config["images_per_device"])
+        cells.setdefault(key, Cell(key[0], key[1], r.config["devices"])).records.append(r)
+    return cells
+
+
+def _main_norms(cells: dict[tuple[str, int], Cell]) -> tuple[str | None, str | None]:
+    """The BN and GN specs of the batch axis: of each kind, the one run at the most batch sizes."""
+    counts: dict[str, int] = defaultdict(int)
+    for norm, _ in cells:
+        counts[norm] += 1
+    pick = []
+    for kind in ("bn", "gn"):
+        specs = [n for n in counts if norm_kind(n) == kind and n not in ("bn:sync", "bn:frozen")]
+        pick.append(max(specs, key=lambda n: (counts[n], not n.startswith("ws+"))) if specs else None)
+    return pick[0], pick[1]
+
+
+def _per_device(b: int) -> str:
+    return f"{b} image{'s' if b != 1 else ''} per device"
+
+
+def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) -> list[str]:
+    """Plain sentences: does the paper's direction hold here, and by how much?"""
+    if bn is None or gn is None:
+        return ["The batch axis needs both BN and GN runs; this report has only part of them."]
+    sizes = sorted({b for (n, b) in cells if n == bn} & {b for (n, b) in cells if n == gn})
+    if len(sizes) < 2:
+        return ["BN and GN share fewer than two batch sizes here; no trend to report."]
+    small, large = sizes[0], sizes[-1]
+    (bn_l, sd_bn_l), (bn_s, sd_bn_s) = cells[(bn, large)].mean_std, cells[(bn, small)].mean_std
+    (gn_l, sd_gn_l), (gn_s, sd_gn_s) = cells[(gn, large)].mean_std, cells[(gn, small)].mean_std
+    n = min(len(c.records) for c in cells.values())
+    bn_rise, gn_change, gap = bn_s - bn_l, gn_s - gn_l, bn_s - gn_s
+    lines = [
+        f"- BN's error goes from {bn_l:.2f}% at {large} to {bn_s:.2f}% at {small} images per device "
+        f"({bn_rise:+.2f} points; {seed_noise_note(bn_rise, math.hypot(sd_bn_l, sd_bn_s), n)}).",
+        f"- GN's error goes from {gn_l:.2f}% to {gn_s:.2f}% ({gn_change:+.2f} points; "
+        f"{seed_noise_note(gn_change, math.hypot(sd_gn_l, sd_gn_s), n)}).",
+        f"- At {_per_device(small)} GN is {'better' if gap > 0 else 'worse'} than BN by "
+        f"{abs(gap):.2f} points ({seed_noise_note(gap, math.hypot(sd_bn_s, sd_gn_s), n)}); at {_per_device(large)} "
+        f"GN − BN is {gn_l - bn_l:+.2f} points (paper, at 32 per GPU: +0.5).",
+    ]
+    breaks = [
+        b
+        for b in sizes
+        if cells[(bn, b)].mean_std[0] - bn_l > max(2 * math.hypot(cells[(bn, b)].mean_std[1], sd_bn_l), 0.5)
+    ]
+    if breaks:
+        lines.append(
+            f"- BN breaks (more than 0.5 points and twice the seed noise above its {large}/device error) "
+            f"at {_per_device(max(breaks))} and below."
+        )
+    holds_bn, holds_gap, gn_flat = bn_rise > 0, gap > 0, abs(gn_change) < abs(bn_rise)
+    if holds_bn and holds_gap and gn_flat:
+        summary = (
+            "**The paper's direction holds here**: BN degrades as the per-device batch shrinks, "
+            "GN stays flatter, and GN wins at the smallest batch."
+        )
+    elif holds_bn and gn_flat:
+        summary = (
+            "**The paper's direction holds in part**: BN degrades faster than GN as the batch shrinks, "
+            "but GN does not overtake BN at the smallest batch."
+        )
+    elif holds_bn:
+        summary = (
+            "**The paper's direction holds weakly**: BN degrades as the batch shrinks, but GN moves as much or more."
+        )
+    else:
+        summary = (
+            "**The paper's direction does not hold here**: BN does not degrade at small per-device batches "
+            "in this setting."
+        )
+    paper_bn_rise = paper.TABLE2["bn"][2] - paper.TABLE2["bn"][32]
+    lines.append(
+        f"\n{summary} For scale: on ImageNet the paper's BN rises by {paper_bn_rise:.1f} points from 32 to 2 "
+        "images per GPU while GN stays within 0.2."
+    )
+    return lines
+
+
+def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> tuple[str, list[dict[str, Any]]]:
+    cells = _cells(recs)
+    bn, gn = _main_norms(cells)
+    sizes = sorted({b for (_, b) in cells}, reverse=True)
+    largest = sizes[0]
+    n_seeds = max(len(c.records) for c in cells.values())
+    slug = _slug(setting) if multi else "main"
+    out = [f"## {_setting_title(setting)}\n" if multi else ""]
+
+    out.append("### Verdict\n")
+    out += [line + "\n" for line in verdict(cells, bn, gn)]
+
+    # Table 1: every norm at the largest batch.
+    at_largest = sorted(
+        (c for (n, b), c in cells.items() if b == largest),
+        key=lambda c: (KIND_ORDER.get(norm_kind(c.norm), 9), c.norm),
+    )
+    out.append(f"\n### Table 1 — every norm at {largest} images per device\n")
+    header = ["", *[norm_label(c.norm) for c in at_largest]]
+    rows = [
+        ["val error, ours", *[fmt(*c.mean_std, len(c.records)) for c in at_largest]],
+        ["train error, ours", *[fmt(*mean_std(c.train_errors), len(c.records)) for c in at_largest]],
+        [
+            "val error, paper (ImageNet, 32/GPU)",
+            *[f"{paper.TABLE1[k]:.1f}" if (k := norm_kind(c.norm)) in paper.TABLE1 else "–" for c in at_largest],
+        ],
+    ]
+    out.append(markdown_table(header, rows))
+    out.append(f"\nPaper: {paper.TABLE1_TRAIN_NOTE}\n")
+
+    # Table 2: BN and GN along the batch axis.
+    if bn and gn:
+        axis = sorted({b for (n, b) in cells if n in (bn, gn)}, reverse=True)
+        out.append("\n### Table 2 — error against images per device\n")
+        header = ["images per device", *[str(b) for b in axis]]
+        rows = []
+        for spec in (bn, gn):
+            rows.append(
+                [
+                    f"{norm_label(spec)}, ours",
+                    *[
+                        fmt(*cells[(spec, b)].mean_std, len(cells[(spec, b)].records)) if (spec, b) in cells else "–"
+                        for b in axis
+                    ],
+                ]
+            )
+        for kind in ("bn", "gn"):
+            rows.append(
+                [
+                    f"{kind.upper()}, paper (ImageNet)",
+                    *[f"{paper.TABLE2[kind][b]:.1f}" if b in paper.TABLE2[kind] else "–" for b in axis],
+                ]
+            )
+        rows.append(
+            [
+                "GN − BN, ours",
+                *[
+                    f"{cells[(gn, b)].mean_std[0] - cells[(bn, b)].mean_std[0]:+.2f}"
+                    if (gn, b) in cells and (bn, b) in cells
+                    else "–"
+                    for b in axis
+                ],
+            ]
+        )
+        rows.append(
+            [
+                "GN − BN, paper",
+                *[
+                    f"{paper.TABLE2['gn'][b] - paper.TABLE2['bn'][b]:+.1f}" if b in paper.TABLE2["bn"] else "–"
+                    for b in axis
+                ],
+            ]
+        )
+        out.append(markdown_table(header, rows))
+        out.append(
+            f"\nErrors in %, median val error of the last epochs of each run; mean ± sd over {n_seeds} seed(s).\n"
+        )
+
+    # Figures.
+    out.append("\n### Figures\n")
+    for name, title, draw in (
+        (f"fig1_{slug}.png", "Figure 1 — error against images per device", lambda: _fig1(cells, bn, gn)),
+        (
+            f"fig4_{slug}.png",
+            f"Figure 4 — train and val error per epoch at {largest} images per device",
+            lambda: _fig4(at_largest),
+        ),
+        (
+            f"fig5_{slug}.png",
+            "Figure 5 — val error per epoch of BN and GN at each batch size",
+            lambda: _fig5(cells, bn, gn),
+        ),
+    ):
+        fig = draw()
+        if fig is not None:
+            save_figure(fig, fig_dir / name)
+            out.append(f"**{title}**\n\n![{title}](figures/{name})\n\n")
+
+    summary_rows = []
+    for (norm, b), c in sorted(
+        cells.items(), key=lambda kv: (KIND_ORDER.get(norm_kind(kv[0][0]), 9), kv[0][0], -kv[0][1])
+    ):
+        m, s = c.mean_std
+        summary_rows.append(
+            {
+                "norm": norm,
+                "images_per_device": b,
+                "devices": c.devices,
+                "seeds": c.seeds,
+                "error_mean": m,
+                "error_std": s,
+                **dict(zip(SETTING_KEYS, setting, strict=True)),
+            }
+        )
+    return "".join(out), summary_rows
+
+
+def _fig1(cells, bn, gn):
+    if not (bn and gn):
+        return None
+    plt = pyplot()
+    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for spec, color in ((bn, "tab:blue"), (gn, "tab:orange")):
+        sizes = sorted(b for (n, b) in cells if n == spec)
+        stats = [cells[(spec, b)].mean_std for b in sizes]
+        ax.errorbar(
+            sizes,
+            [m for m, _ in stats],
+            yerr=[s for _, s in stats],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=norm_label(spec),
+        )
+    for kind, color in (("bn", "tab:blue"), ("gn", "tab:orange")):
+        sizes = sorted(paper.TABLE2[kind])
+        ax_p.plot(sizes, [paper.TABLE2[kind][b] for b in sizes], marker="o", color=color, label=kind.upper())
+    for a, title in ((ax, "ours"), (ax_p, "paper (ImageNet, ResNet-50)")):
+        a.set_xscale("log", base=2)
+        a.invert_xaxis()
+        a.set_xlabel("images per device")
+        a.set_ylabel("val error (%)")
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend()
+    return fig
+
+
+def _fig4(at_largest):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for c in at_largest:
+        for ax, key in zip(axes, ("train_error", "val_error"), strict=True):
+            curve = c.curve(key)
+            ax.plot(range(1, len(curve) + 1), curve, label=norm_label(c.norm))
+    for ax, title in zip(axes, ("train error", "val error"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("error (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def _fig5(cells, bn, gn):
+    if not (bn and gn):
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, spec in zip(axes, (bn, gn), strict=True):
+        for b in sorted((b for (n, b) in cells if n == spec), reverse=True):
+            curve = cells[(spec, b)].curve("val_error")
+            ax.plot(range(1, len(curve) + 1), curve, label=f"{b} / device")
+        ax.set_title(f"{norm_label(spec)}: val error")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def build_report(experiment_dir: Path | str) -> Path:
+    """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
+    experiment_dir = Path(experiment_dir)
+    recs = [r for r in load_records(experiment_dir) if r.finished]
+    if not recs:
+        raise FileNotFoundError(f"no finished runs under {experiment_dir}: train some first (groupnorm reproduce)")
+    by_setting: dict[tuple, list[Record]] = defaultdict(list)
+    for r in recs:
+        by_setting[_setting_of(r)].append(r)
+    multi = len(by_setting) > 1
+    unfinished = len(load_records(experiment_dir)) - len(recs)
+    parts = [
+        "# Batch-size study: Table 1, Table 2, Figures 1, 4 and 5\n\n",
+        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report batch-sizes`"
+        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
+        + ".\n\n",
+        "Recipe, the same for every norm and batch size: SGD momentum 0.9, weight decay 1e-4 on every weight "
+        "(gamma and beta included), lr = 0.1 x B/32 at B images per device with a linear warm-up, the same number "
+        "of epochs at every B, gamma = 0 in the last norm of each residual block; BN statistics per (virtual) "
+        "device; the error is the median val error of the last epochs. The paper's numbers are ImageNet/ResNet-50: "
+        "compare directions and gaps, not levels.\n\n",
+    ]
+    rows: list[dict[str, Any]] = []
+    for setting in sorted(by_setting, key=str):
+        text, setting_rows = _section(setting, by_setting[setting], experiment_dir / "figures", multi)
+        parts.append(text)
+        rows += setting_rows
+    report = experiment_dir / "report.md"
+    atomic_write_text(report, "".join(parts))
+    atomic_write_json(experiment_dir / "summary.json", {"rows": rows})
+    return report
