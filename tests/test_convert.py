@@ -43,9 +43,7 @@ def test_maskrcnn_to_ws_gn_trains_a_step():
     images = [torch.rand(3, 128, 128)]
     masks = torch.zeros(1, 128, 128, dtype=torch.uint8)
     masks[0, 20:60, 30:70] = 1
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks}
-    ]
+    targets = [{"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks}]
     losses = model(images, targets)
     sum(losses.values()).backward()
     model.eval()

@@ -107,7 +107,7 @@ def test_corrupt_fashion_file_is_an_error_not_a_shorter_dataset(tmp_path, monkey
     assert len(images) == 12
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-784]))  # one image short
-    with pytest.raises(DataFileError, match="train-images-idx3-ubyte.gz has .*truncated"):
+    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz has .*truncated"):
         load_fashion_mnist("train", tmp_path)
 
 
@@ -155,7 +155,7 @@ def test_download_checks_checksums_and_is_idempotent(tmp_path, monkeypatch):
         assert server.requests == 4  # nothing fetched again
         # a file whose content differs from the published checksum is refused and not kept
         monkeypatch.setattr(fm, "FILES", {**fm.FILES, ("test", "labels"): ("t10k-labels-idx1-ubyte", "0" * 64)})
-        with pytest.raises(DataFileError, match="t10k-labels-idx1-ubyte.gz.* corrupt"):
+        with pytest.raises(DataFileError, match=r"t10k-labels-idx1-ubyte.gz.* corrupt"):
             download_fashion_mnist(tmp_path / "other", base_url=server.url)
         assert not list((tmp_path / "other").glob("t10k-labels*"))
     finally:
@@ -167,7 +167,7 @@ def test_download_cut_short_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "FILES", write_fashion(served))
     server = _Server(served, truncate=True)
     try:
-        with pytest.raises(DataFileError, match="cut short|cannot download"):
+        with pytest.raises(DataFileError, match=r"cut short|cannot download"):
             download_fashion_mnist(tmp_path / "cache", base_url=server.url)
         assert not list((tmp_path / "cache").glob("*.gz"))
     finally:
@@ -193,7 +193,7 @@ def test_cifar10_binary(tmp_path):
     np.testing.assert_array_equal(test_images[1, 2].numpy(), raw[1, 1 + 2048 :].reshape(32, 32))  # blue plane
     bad = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
     bad.write_bytes(bad.read_bytes()[:-10])
-    with pytest.raises(DataFileError, match="data_batch_3.bin has .* not a whole number"):
+    with pytest.raises(DataFileError, match=r"data_batch_3.bin has .* not a whole number"):
         load_cifar10(tmp_path, "train")
 
 

@@ -314,10 +314,7 @@ def test_gradcheck_batch_norm_devices():
 
 def test_memory_format_of():
     assert F.memory_format_of(torch.randn(2, 3, 4, 5)) is torch.contiguous_format
-    assert (
-        F.memory_format_of(torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last))
-        is torch.channels_last
-    )
+    assert F.memory_format_of(torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)) is torch.channels_last
     x5 = torch.randn(2, 3, 4, 5, 6).to(memory_format=torch.channels_last_3d)
     assert F.memory_format_of(x5) is torch.channels_last_3d
     assert F.memory_format_of(torch.randn(2, 3, 4, 5).transpose(2, 3)) is torch.contiguous_format

@@ -171,7 +171,9 @@ def test_diverged_run_is_recorded(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "groupnorm", *args], env=_env(), capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "groupnorm", *args], env=_env(), capture_output=True, text=True, cwd=cwd
+    )
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,7 @@ def _check_input(fn: str, x: object, min_dim: int = 2) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{fn}: x must be a torch.Tensor of shape (N, C, *); got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{fn}: x must have a floating dtype (float64, float32, bfloat16 or float16); got {x.dtype}"
-        )
+        raise TypeError(f"{fn}: x must have a floating dtype (float64, float32, bfloat16 or float16); got {x.dtype}")
     if x.dim() < min_dim:
         raise ValueError(f"{fn}: x must have at least {min_dim} dims (N, C, *); got shape {tuple(x.shape)}")
     return x
@@ -56,13 +54,10 @@ def _check_param(fn: str, name: str, p: Tensor | None, num_channels: int, x: Ten
     if p is None:
         return None
     if not isinstance(p, Tensor):
-        raise TypeError(
-            f"{fn}: {name} must be a tensor of shape ({num_channels},) or None; got {type(p).__name__}"
-        )
+        raise TypeError(f"{fn}: {name} must be a tensor of shape ({num_channels},) or None; got {type(p).__name__}")
     if p.shape != (num_channels,):
         raise ValueError(
-            f"{fn}: {name} must have shape ({num_channels},) (one value per channel of x); "
-            f"got {tuple(p.shape)}"
+            f"{fn}: {name} must have shape ({num_channels},) (one value per channel of x); got {tuple(p.shape)}"
         )
     if p.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{fn}: {name} must have a floating dtype; got {p.dtype}")
@@ -81,8 +76,7 @@ def _check_groups(fn: str, num_groups: object, num_channels: int) -> int:
         raise ValueError(f"{fn}: num_groups must be a positive int; got {num_groups}")
     if num_channels % num_groups != 0:
         raise ValueError(
-            f"{fn}: num_groups must divide the number of channels of x (C={num_channels}); "
-            f"got num_groups={num_groups}"
+            f"{fn}: num_groups must divide the number of channels of x (C={num_channels}); got num_groups={num_groups}"
         )
     return num_groups
 
@@ -169,9 +163,7 @@ def group_norm(
     return y
 
 
-def layer_norm(
-    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm for conv features: statistics over (C, *) of each sample, per-channel affine.
 
     Equal to ``group_norm(x, 1, weight, bias, eps)`` (not torch's F.layer_norm, whose
@@ -181,9 +173,7 @@ def layer_norm(
     return group_norm(x, 1, weight, bias, eps)
 
 
-def instance_norm(
-    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
+def instance_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """InstanceNorm: statistics over (*) of each sample and channel, per-channel affine.
 
     Equal to ``group_norm(x, C, weight, bias, eps)``; no running statistics (the paper's IN).
@@ -373,9 +363,7 @@ def batch_norm(
     group = _resolve_group(sync_group)
     if group is not None:
         if devices != 1:
-            raise ValueError(
-                f"{fn}: sync_group takes statistics over all devices; devices must be 1, got {devices}"
-            )
+            raise ValueError(f"{fn}: sync_group takes statistics over all devices; devices must be 1, got {devices}")
         y, mean, invstd, count = _SyncBatchNorm.apply(x, weight, bias, eps, group)
         if running_mean is not None:
             with torch.no_grad():

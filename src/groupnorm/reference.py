@@ -65,9 +65,7 @@ def group_norm(
     return _affine(out, weight, bias)
 
 
-def layer_norm(
-    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """LN: S_i = {k | k_N = i_N}: one set per sample (GN with G = 1)."""
     out = torch.empty(x.shape, dtype=torch.float64)
     for i in range(x.shape[0]):
@@ -75,9 +73,7 @@ def layer_norm(
     return _affine(out, weight, bias)
 
 
-def instance_norm(
-    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
+def instance_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """IN: S_i = {k | k_N = i_N, k_C = i_C}: one set per sample and channel (GN with G = C)."""
     out = torch.empty(x.shape, dtype=torch.float64)
     for i in range(x.shape[0]):

@@ -1,19 +1,20 @@
 """Datasets: Fashion-MNIST (IDX), CIFAR-10 (binary), ImageFolder; small ones held in memory as tensors."""
 
 from groupnorm.data.cifar10 import find_cifar10, load_cifar10
-from groupnorm.data.datasets import DATASETS, ImageData, load_image_data
+from groupnorm.data.datasets import LOADERS, ImageData, dataset_shape, load_image_data, register_dataset
 from groupnorm.data.fashion_mnist import download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
 from groupnorm.data.idx import DataFileError, read_idx
 from groupnorm.data.loader import Augment, FolderLoader, MemoryLoader, augment_batch
 
 __all__ = [
-    "DATASETS",
+    "LOADERS",
     "Augment",
     "DataFileError",
     "FolderLoader",
     "ImageData",
     "MemoryLoader",
     "augment_batch",
+    "dataset_shape",
     "download_fashion_mnist",
     "find_cifar10",
     "find_fashion_mnist",
@@ -21,4 +22,5 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_data",
     "read_idx",
+    "register_dataset",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,12 @@ from groupnorm.data.fashion_mnist import CLASSES as FASHION_CLASSES
 from groupnorm.data.fashion_mnist import load_fashion_mnist
 from groupnorm.data.loader import Augment
 
-__all__ = ["DATASETS", "DATASET_SHAPES", "ImageData", "load_image_data"]
-
-DATASETS = ("fashion-mnist", "cifar10")
-DATASET_SHAPES = {"fashion-mnist": (1, 10), "cifar10": (3, 10)}  # (in_channels, num_classes)
+__all__ = ["LOADERS", "ImageData", "dataset_shape", "load_image_data", "register_dataset"]
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """A dataset in memory: uint8 images (N, C, H, W), int64 labels, and how to train on it."""
+    """A dataset in memory: uint8 images (N, C, H, W) or clips (N, C, T, H, W), int64 labels, how to augment."""
 
     name: str
     train_images: Tensor
@@ -52,35 +50,58 @@ def _subset(images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[Tensor, 
     return images[idx], labels[idx]
 
 
+def _fashion_mnist(data_dir: str | None):
+    directory = Path(data_dir) if data_dir else None
+    tr, trl = load_fashion_mnist("train", directory)
+    va, val = load_fashion_mnist("test", directory)
+    return tr.unsqueeze(1), trl, va.unsqueeze(1), val, FASHION_CLASSES, Augment(pad=2, flip=True)
+
+
+def _cifar10(data_dir: str | None):
+    directory = find_cifar10(data_dir)
+    if directory is None:
+        raise FileNotFoundError(
+            "CIFAR-10 binary files not found: pass data_dir=... (the unpacked cifar-10-batches-bin) "
+            "or set GROUPNORM_DATA to a directory holding cifar10/"
+        )
+    tr, trl = load_cifar10(directory, "train")
+    va, val = load_cifar10(directory, "test")
+    return tr, trl, va, val, CIFAR10_CLASSES, Augment(pad=4, flip=True)
+
+
+# name -> (loader(data_dir) -> (train images, labels, val images, labels, classes, augment), in_channels, classes)
+LOADERS: dict[str, tuple[Callable[[str | None], tuple], int, int]] = {
+    "fashion-mnist": (_fashion_mnist, 1, 10),
+    "cifar10": (_cifar10, 3, 10),
+}
+
+
+def register_dataset(name: str, loader: Callable[[str | None], tuple], in_channels: int, num_classes: int) -> None:
+    """Make ``name`` a dataset of the engine. ``loader(data_dir)`` returns (train uint8 (N, C, *, H, W),
+    train labels, val images, val labels, class names, Augment)."""
+    LOADERS[name] = (loader, in_channels, num_classes)
+
+
+def dataset_shape(name: str) -> tuple[int, int]:
+    """(in_channels, num_classes) of a registered dataset, without loading it."""
+    return LOADERS[name][1], LOADERS[name][2]
+
+
 @functools.lru_cache(maxsize=4)
 def load_image_data(
     name: str, train_images: int = 0, val_images: int = 0, data_dir: str | None = None, subset_seed: int = 0
 ) -> ImageData:
-    """Load ``name`` (fashion-mnist or cifar10), optionally a fixed random subset of each split.
+    """Load dataset ``name``, optionally a fixed random subset of each split.
 
     ``train_images`` / ``val_images``: how many to keep (0: all). Validation is the official
     test split. Mean and std are the training subset's, per channel.
     """
-    if name == "fashion-mnist":
-        tr, trl = load_fashion_mnist("train", Path(data_dir) if data_dir else None)
-        va, val = load_fashion_mnist("test", Path(data_dir) if data_dir else None)
-        tr, va = tr.unsqueeze(1), va.unsqueeze(1)
-        classes, augment = FASHION_CLASSES, Augment(pad=2, flip=True)
-    elif name == "cifar10":
-        directory = find_cifar10(data_dir)
-        if directory is None:
-            raise FileNotFoundError(
-                "CIFAR-10 binary files not found: pass data_dir=... (the unpacked cifar-10-batches-bin) "
-                "or set GROUPNORM_DATA to a directory holding cifar10/"
-            )
-        tr, trl = load_cifar10(directory, "train")
-        va, val = load_cifar10(directory, "test")
-        classes, augment = CIFAR10_CLASSES, Augment(pad=4, flip=True)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(LOADERS)}")
+    tr, trl, va, val, classes, augment = LOADERS[name][0](data_dir)
     tr, trl = _subset(tr, trl, train_images, subset_seed)
     va, val = _subset(va, val, val_images, subset_seed + 1)
     pixels = tr.float().div_(255).transpose(0, 1).reshape(tr.shape[1], -1)
     mean = tuple(pixels.mean(1).tolist())
     std = tuple(pixels.std(1).tolist())
-    return ImageData(name, tr, trl, va, val, classes, mean, std, augment)
+    return ImageData(name, tr, trl, va, val, tuple(classes), mean, std, augment)

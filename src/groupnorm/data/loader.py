@@ -36,24 +36,24 @@ def batch_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Ge
 
 
 def augment_batch(images: Tensor, augment: Augment, generator: torch.Generator) -> Tensor:
-    """Random-crop (with zero padding) and flip a uint8 batch (B, C, H, W), each image on its own."""
-    b, _, h, w = images.shape
+    """Random-crop (with zero padding) and flip a uint8 batch (B, C, *, H, W), each sample on its own.
+
+    For clips (B, C, T, H, W) every frame of a clip gets the same crop and flip.
+    """
+    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     if augment.pad:
         p = augment.pad
-        padded = F.pad(images, (p, p, p, p))
+        flat = images.reshape(b, -1, h, w)
+        padded = F.pad(flat, (p, p, p, p))
         dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
         dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)
         rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        images = padded[
-            torch.arange(b)[:, None, None, None],
-            torch.arange(images.shape[1])[None, :, None, None],
-            rows,
-            cols,
-        ]
+        planes = torch.arange(flat.shape[1])[None, :, None, None]
+        images = padded[torch.arange(b)[:, None, None, None], planes, rows, cols].reshape(images.shape)
     if augment.flip:
         flip = torch.rand(b, generator=generator) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        images = torch.where(flip.view(b, *[1] * (images.dim() - 1)), images.flip(-1), images)
     return images
 
 
@@ -61,13 +61,13 @@ class MemoryLoader:
     """Shuffled, sharded, augmented batches of an in-memory dataset.
 
     Args:
-        images: uint8 (N, C, H, W). labels: int64 (N,).
+        images: uint8 (N, C, H, W), or clips (N, C, T, H, W). labels: int64 (N,).
         batch_size: images per step in this process (images per device x virtual devices).
         mean, std: per-channel, on the 0..1 scale; batches come out normalised, float32.
         train: shuffle, augment and drop the last partial batch (so every virtual device
             gets the same number of images); otherwise every image once, in order.
         seed: the run's seed; rank, world: this process's shard (torch.distributed).
-        channels_last: hand out batches in channels_last memory format.
+        channels_last: hand out batches in channels_last (channels_last_3d for clips) memory format.
     """
 
     def __init__(
@@ -97,10 +97,11 @@ class MemoryLoader:
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.seed, self.rank, self.world = seed, rank, world
         self.channels_last = channels_last
-        c = images.shape[1]
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        shape = (1, images.shape[1]) + (1,) * (images.dim() - 2)
+        std_t = torch.tensor(std, dtype=torch.float32).view(shape)
         self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) / std_t
+        self._shift = -torch.tensor(mean, dtype=torch.float32).view(shape) / std_t
+        self._format = torch.channels_last if images.dim() == 4 else torch.channels_last_3d
         self._shard = len(images) // world if train else len(range(rank, len(images), world))
         if train and self._shard < batch_size:
             raise ValueError(
@@ -134,7 +135,7 @@ class MemoryLoader:
                 x = augment_batch(x, self.augment, batch_generator(self.seed, epoch, step, self.rank))
             x = torch.addcmul(self._shift, x.float(), self._scale)
             if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=self._format)
             yield x, self.labels[idx]
 
 

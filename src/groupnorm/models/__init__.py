@@ -25,12 +25,14 @@ def norm_factory(
     return partial(make_norm, parse_norm_spec(spec), devices=devices, on_indivisible=on_indivisible)
 
 
-def _resnet(spec, num_classes, in_channels, devices, on_indivisible, depth=20, width=16):
+def _resnet(spec, num_classes, in_channels, devices, on_indivisible, *, depth=20, width=16):
     norm = norm_factory(spec, devices, on_indivisible)
     return CifarResNet(depth, width, num_classes, in_channels, norm, conv_layer(spec))
 
 
-def _resnet50(spec, num_classes, in_channels, devices, on_indivisible):
+def _resnet50(spec, num_classes, in_channels, devices, on_indivisible, *, depth=50, width=64):
+    if (depth, width) != (50, 64):
+        raise ValueError(f"resnet50 is torchvision's ResNet-50: depth 50, width 64; got depth={depth}, width={width}")
     import torchvision
 
     from groupnorm.convert import convert_norms
@@ -45,6 +47,7 @@ def _resnet50(spec, num_classes, in_channels, devices, on_indivisible):
     return model
 
 
+# name -> builder(spec, num_classes, in_channels, devices, on_indivisible, *, depth, width)
 MODELS: dict[str, Callable[..., nn.Module]] = {"resnet": _resnet, "resnet50": _resnet50}
 
 

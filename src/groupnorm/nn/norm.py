@@ -37,9 +37,7 @@ def resolve_groups(
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
         raise ValueError(f"{owner}: num_groups must be a positive int; got {num_groups!r}")
     if num_channels % num_groups:
-        raise ValueError(
-            f"{owner}: num_groups must divide num_channels={num_channels}; got num_groups={num_groups}"
-        )
+        raise ValueError(f"{owner}: num_groups must divide num_channels={num_channels}; got num_groups={num_groups}")
     return num_groups
 
 
@@ -112,8 +110,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(
-                f"{type(self).__name__}: expected input of shape (N, {self.num_channels}, *); "
-                f"got {tuple(x.shape)}"
+                f"{type(self).__name__}: expected input of shape (N, {self.num_channels}, *); got {tuple(x.shape)}"
             )
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
@@ -233,18 +230,14 @@ class BatchNorm(_BatchNorm):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"BatchNorm: devices must be a positive int; got {value!r}")
         if self.sync and value != 1:
-            raise ValueError(
-                f"BatchNorm: sync=True takes statistics over all devices; devices must be 1, got {value}"
-            )
+            raise ValueError(f"BatchNorm: sync=True takes statistics over all devices; devices must be 1, got {value}")
         self._devices = value
 
     def _check_input_dim(self, x: Tensor) -> None:
         if not 2 <= x.dim() <= 5:
             raise ValueError(f"BatchNorm: expected a 2-D to 5-D input (N, C, *); got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"BatchNorm: expected {self.num_features} channels (dim 1); got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"BatchNorm: expected {self.num_features} channels (dim 1); got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)

@@ -41,9 +41,7 @@ __all__ = [
 
 OnIndivisible = Literal["error", "nearest"]
 DEFAULT_GROUPS = 32
-SPEC_HELP = (
-    "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32)"
-)
+SPEC_HELP = "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32)"
 
 
 @dataclass(frozen=True)
@@ -78,9 +76,7 @@ NormBuilder = Callable[[NormSpec, int, dict], nn.Module]
 _REGISTRY: dict[str, tuple[NormBuilder, Callable[[NormSpec], None]]] = {}
 
 
-def register_norm(
-    kind: str, builder: NormBuilder, validate: Callable[[NormSpec], None] | None = None
-) -> None:
+def register_norm(kind: str, builder: NormBuilder, validate: Callable[[NormSpec], None] | None = None) -> None:
     """Make ``kind`` (and ``kind:arg`` / ``kind/K`` when ``validate`` accepts them) a norm spec.
 
     ``builder(spec, num_channels, options)`` returns the module; ``validate(spec)`` raises
@@ -183,9 +179,7 @@ def _build_bn(spec: NormSpec, c: int, o: dict) -> nn.Module:
 
 def _validate_bn(spec: NormSpec) -> None:
     if spec.groups is not None or spec.group_size is not None or spec.variant not in ("", "sync", "frozen"):
-        raise ValueError(
-            f"norm spec {str(spec)!r}: bn takes ':sync' or ':frozen'; expected one of {SPEC_HELP}"
-        )
+        raise ValueError(f"norm spec {str(spec)!r}: bn takes ':sync' or ':frozen'; expected one of {SPEC_HELP}")
 
 
 def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:

@@ -10,7 +10,6 @@ from typing import Any
 
 __all__ = ["TrainConfig", "hashed_fields", "run_id", "scaled_lr"]
 
-DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
 SCHEDULES = ("cosine", "step")
 
 
@@ -58,11 +57,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Reject a config that cannot run before anything trains."""
+        from groupnorm.data.datasets import LOADERS
         from groupnorm.models import MODELS
         from groupnorm.nn.spec import parse_norm_spec
 
         parse_norm_spec(self.norm)
-        choices = {"dataset": DATASETS, "model": tuple(MODELS), "schedule": SCHEDULES}
+        choices = {"dataset": (*LOADERS, "imagefolder"), "model": tuple(MODELS), "schedule": SCHEDULES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")

@@ -15,8 +15,6 @@ across processes. A run checkpoints after every epoch and at most every
 
 from __future__ import annotations
 
-import fcntl
-import io
 import json
 import math
 import statistics
@@ -31,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from groupnorm.convert import set_devices
-from groupnorm.data.datasets import DATASET_SHAPES, load_image_data
+from groupnorm.data.datasets import LOADERS, dataset_shape, load_image_data
 from groupnorm.data.loader import FolderLoader, MemoryLoader
-from groupnorm.io import atomic_write_bytes
 from groupnorm.models import build_model
 from groupnorm.train import distributed, records
 from groupnorm.train.config import TrainConfig
+from groupnorm.train.records import RunBusy, RunLock, load_checkpoint, save_checkpoint
 from groupnorm.train.schedule import learning_rate
 
 __all__ = ["RunBusy", "check_buildable", "evaluate", "run_dir_of", "summarize", "train_run"]
@@ -44,16 +42,12 @@ __all__ = ["RunBusy", "check_buildable", "evaluate", "run_dir_of", "summarize", 
 EVAL_BATCH = 500
 
 
-class RunBusy(RuntimeError):
-    """Another process is training this run right now."""
-
-
 def check_buildable(configs: list[TrainConfig]) -> None:
     """Build each distinct model on the meta device (no memory, no time): a spec that does not fit a
     layer (C not divisible by G) raises ValueError, naming the layer, before anything trains."""
     seen = set()
     for cfg in configs:
-        in_channels, num_classes = DATASET_SHAPES.get(cfg.dataset, (3, 1000))
+        in_channels, num_classes = dataset_shape(cfg.dataset) if cfg.dataset in LOADERS else (3, 1000)
         key = (cfg.model, cfg.norm, cfg.depth, cfg.width, in_channels)
         if key in seen:
             continue
@@ -63,7 +57,6 @@ def check_buildable(configs: list[TrainConfig]) -> None:
 
 
 def _build(cfg: TrainConfig, num_classes: int, in_channels: int, devices: int) -> nn.Module:
-    shape = {"depth": cfg.depth, "width": cfg.width} if cfg.model == "resnet" else {}
     try:
         return build_model(
             cfg.model,
@@ -72,7 +65,8 @@ def _build(cfg: TrainConfig, num_classes: int, in_channels: int, devices: int) -
             in_channels=in_channels,
             devices=devices,
             zero_init_last=cfg.zero_init_last,
-            **shape,
+            depth=cfg.depth,
+            width=cfg.width,
         )
     except ValueError as e:
         raise ValueError(f"{cfg.id}: {e}") from None
@@ -161,23 +155,6 @@ def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]], status: str, worl
     }
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _lock(run_dir: Path):
-    """An exclusive lock on the run, so two processes never train the same run at once."""
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 - held for the run's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RunBusy(f"{run_dir} is being trained by another process") from None
-    return handle
-
-
 def train_run(
     cfg: TrainConfig,
     runs_dir: Path | str,
@@ -204,13 +181,13 @@ def train_run(
     lock = None
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(run_dir)
+        lock = RunLock(run_dir)
         records.write_config(run_dir, cfg.to_dict())
     try:
         return _train(cfg, ctx, run_dir, local_devices, batch, log, progress)
     finally:
         if lock is not None:
-            lock.close()
+            lock.release()
 
 
 def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, Any]:
@@ -218,7 +195,9 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
     torch.manual_seed(cfg.seed)
     model = _build(cfg, num_classes, in_channels, local_devices)
     set_devices(model, local_devices)
-    model = model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    clips = getattr(train_loader, "images", None) is not None and train_loader.images.dim() == 5
+    fmt = (torch.channels_last_3d if clips else torch.channels_last) if cfg.channels_last else torch.preserve_format
+    model = model.to(ctx.device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     state: dict[str, Any] = {
@@ -230,7 +209,7 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
     }  # loss sum, wrong, seen
     ckpt_path = run_dir / records.CHECKPOINT
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, ctx.device)
         model.load_state_dict(ckpt.pop("model"))
         opt.load_state_dict(ckpt.pop("optimizer"))
         state.update(ckpt)
@@ -289,11 +268,11 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
                 now - last_ckpt > cfg.checkpoint_seconds
             )
             if due and step + 1 < steps and ctx.is_main:
-                _save_checkpoint(
+                save_checkpoint(
                     run_dir / records.CHECKPOINT,
-                    model,
-                    opt,
                     {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
                         **state,
                         "epoch": epoch,
                         "step": step + 1,
@@ -328,7 +307,9 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
             "accum": torch.zeros(3, dtype=torch.float64),
         }
         if ctx.is_main:
-            _save_checkpoint(run_dir / records.CHECKPOINT, model, opt, state)
+            save_checkpoint(
+                run_dir / records.CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state}
+            )
             records.write_metrics(run_dir, state["metrics"])
         log(
             f"[{cfg.id}] epoch {epoch + 1}/{cfg.epochs}  train err {entry['train_error']:5.2f}%  "

@@ -10,14 +10,29 @@ All files are written atomically; reports are rebuilt from these files alone.
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from groupnorm.io import atomic_write_json, atomic_write_text
+import torch
 
-__all__ = ["Record", "load_records", "read_metrics", "write_metrics"]
+from groupnorm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "Record",
+    "RunBusy",
+    "RunLock",
+    "load_checkpoint",
+    "load_records",
+    "read_metrics",
+    "save_checkpoint",
+    "write_config",
+    "write_metrics",
+    "write_result",
+]
 
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.json", "checkpoint.pt"
 
@@ -70,3 +85,40 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     atomic_write_json(run_dir / RESULT, result)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save ``state`` (tensors, numbers, strings, lists and dicts of them) atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: no pickled code runs."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+class RunBusy(RuntimeError):
+    """Another process is training this run right now."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two processes never train the same run at once."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._handle = open(Path(run_dir) / ".lock", "w")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise RunBusy(f"{run_dir} is being trained by another process") from None
+
+    def release(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -25,7 +25,8 @@ import torch
 
 from groupnorm.train import records
 from groupnorm.train.config import TrainConfig
-from groupnorm.train.loop import RunBusy, check_buildable, run_dir_of, train_run
+from groupnorm.train.loop import check_buildable, run_dir_of, train_run
+from groupnorm.train.records import RunBusy
 
 __all__ = ["SweepFailed", "SweepProgress", "default_jobs", "run_cost", "run_sweep"]
 
@@ -53,9 +54,9 @@ def run_cost(cfg: TrainConfig) -> float:
 class SweepProgress:
     """Fraction of the sweep's cost done, read from the runs' metrics files, and an ETA."""
 
-    def __init__(self, configs: Sequence[TrainConfig], runs_dir: Path) -> None:
-        self.configs, self.runs_dir = list(configs), Path(runs_dir)
-        self.total = sum(run_cost(c) for c in self.configs) or 1.0
+    def __init__(self, configs: Sequence[Any], runs_dir: Path, cost: Callable[[Any], float] = run_cost) -> None:
+        self.configs, self.runs_dir, self.cost = list(configs), Path(runs_dir), cost
+        self.total = sum(cost(c) for c in self.configs) or 1.0
         self.start_done = self.done()
         self.t0 = time.perf_counter()
 
@@ -64,9 +65,9 @@ class SweepProgress:
         for c in self.configs:
             run_dir = run_dir_of(c, self.runs_dir)
             if (run_dir / records.RESULT).is_file():
-                total += run_cost(c)
+                total += self.cost(c)
             else:
-                total += run_cost(c) * min(len(records.read_metrics(run_dir)), c.epochs) / c.epochs
+                total += self.cost(c) * min(len(records.read_metrics(run_dir)), c.epochs) / c.epochs
         return total
 
     def line(self) -> str:
@@ -95,26 +96,33 @@ def _worker_init(threads: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
 
 
-def _run_one(cfg: TrainConfig, runs_dir: str) -> dict[str, Any]:
-    return train_run(cfg, runs_dir, progress=False)
+def _run_one(train: Callable[..., dict[str, Any]], cfg: Any, runs_dir: str) -> dict[str, Any]:
+    return train(cfg, runs_dir, progress=False)
 
 
 def run_sweep(
-    configs: Sequence[TrainConfig],
+    configs: Sequence[Any],
     runs_dir: Path | str,
     *,
     jobs: int | None = None,
     log: Callable[[str], None] | None = None,
+    train: Callable[..., dict[str, Any]] = train_run,
+    cost: Callable[[Any], float] = run_cost,
+    check: Callable[[list[Any]], None] = check_buildable,
 ) -> list[dict[str, Any] | None]:
     """Train every config not yet finished; return their results in order (None where one failed).
 
+    Works for any engine whose configs have ``id``, ``experiment``, ``epochs`` and
+    ``replace(threads=...)``, and whose ``train(cfg, runs_dir, progress=...)`` writes
+    result.json and metrics.jsonl in ``runs_dir/<experiment>/<id>`` (the classification
+    engine's train_run by default). ``check`` rejects configs before anything trains.
     Raises SweepFailed after all runs have been tried if any raised.
     """
     log = log or (lambda msg: print(msg, flush=True))
     runs_dir = Path(runs_dir)
-    check_buildable(list(configs))
+    check(list(configs))
     jobs = max(1, min(jobs or default_jobs(), len(configs) or 1))
-    tracker = SweepProgress(configs, runs_dir)
+    tracker = SweepProgress(configs, runs_dir, cost)
     finished = sum((run_dir_of(c, runs_dir) / records.RESULT).is_file() for c in configs)
     log(f"sweep: {len(configs)} runs under {runs_dir}, {finished} already finished; {jobs} at a time")
     results: list[dict[str, Any] | None] = [None] * len(configs)
@@ -123,7 +131,7 @@ def run_sweep(
     if jobs == 1:
         for i, cfg in enumerate(configs):
             try:
-                results[i] = train_run(cfg, runs_dir)
+                results[i] = train(cfg, runs_dir)
             except RunBusy as e:
                 log(f"sweep: skipping {cfg.id}: {e}")
             except Exception as e:  # keep going; report at the end
@@ -132,11 +140,13 @@ def run_sweep(
             log(tracker.line())
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        order = sorted(range(len(configs)), key=lambda i: -run_cost(configs[i]))  # longest first packs best
+        order = sorted(range(len(configs)), key=lambda i: -cost(configs[i]))  # longest first packs best
         with ProcessPoolExecutor(
             jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
         ) as pool:
-            futures = {pool.submit(_run_one, configs[i].replace(threads=threads), str(runs_dir)): i for i in order}
+            futures = {
+                pool.submit(_run_one, train, configs[i].replace(threads=threads), str(runs_dir)): i for i in order
+            }
             pending, last = set(futures), -1
             while pending:
                 done, pending = wait(pending, timeout=10, return_when=FIRST_COMPLETED)
