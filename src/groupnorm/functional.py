@@ -6,7 +6,8 @@ statistics in float32 (float64 for float64 input). Bad arguments raise ValueErro
 TypeError naming the argument, what was expected and what was given.
 
 Dispatch: where torch's native kernel is both fast and accurate it is used; where it is
-not, a correct path is taken instead (see :func:`group_norm`).
+not, a correct path is taken instead (see :func:`group_norm`). GroupNorm fused with an
+activation (:func:`group_norm_act`) runs groupnorm's own kernels (groupnorm.kernels).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from groupnorm import kernels
+from groupnorm.kernels import ACTIVATIONS
+from groupnorm.kernels import memory_format_of as memory_format_of
+
 __all__ = [
     "batch_norm",
     "group_norm",
+    "group_norm_act",
     "instance_norm",
     "layer_norm",
     "memory_format_of",
@@ -33,6 +39,9 @@ _aten = torch.ops.aten
 # the variance as E[x^2] - E[x]^2 in float32, loses more than ~1e-5 of relative accuracy
 # (measured: error ~ 6e-7 * kappa); such inputs are shifted by their group means first.
 _ILL_CONDITIONED = 16.0
+# CPU float32 / bfloat16 group_norm runs groupnorm.kernels (accurate, and measured at least
+# as fast as torch's native kernel: docs/kernels.md); False restores torch's native kernel.
+_CPU_KERNEL_FOR_GROUP_NORM = True
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,15 +96,10 @@ def _check_eps(fn: str, eps: float) -> float:
     return float(eps)
 
 
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """The memory format x is laid out in: channels_last(_3d) when x is only that, else contiguous."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
+def _check_act(fn: str, act: object) -> str:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        raise ValueError(f"{fn}: act must be one of {', '.join(map(repr, ACTIVATIONS))}; got {act!r}")
+    return act
 
 
 def _channel_shape(x: Tensor) -> tuple[int, ...]:
@@ -132,12 +136,14 @@ def group_norm(
         float32 (float64 for float64 x), so float16 inputs whose squares overflow float16
         give correct outputs.
 
-    Dispatch: torch's native kernel is used everywhere except for one case where it is
-    inaccurate: on the CPU in channels-last layouts it takes the variance as
-    E[x^2] - E[x]^2, which cancels catastrophically when a group's mean is large against
-    its spread (x = 1e4 + N(0, 1) gives errors of order 100). There the mean and std it
-    returns flag the group, and the input is shifted by its group means (GN is invariant
-    to such shifts) before a second native pass, which is then accurate.
+    Dispatch: on the CPU, float32 and bfloat16 inputs go to groupnorm's own kernel
+    (groupnorm.kernels, the identity case of :func:`group_norm_act`), which is accurate in
+    every memory format and at least as fast as torch's (docs/kernels.md has the numbers).
+    Elsewhere torch's native kernel runs, except where it is inaccurate: on the CPU in
+    channels-last layouts it takes the variance as E[x^2] - E[x]^2, which cancels
+    catastrophically when a group's mean is large against its spread (x = 1e4 + N(0, 1) gives
+    errors of order 100). There the mean and std it returns flag the group, and the input is
+    shifted by its group means (GN is invariant to such shifts) before a second native pass.
     """
     fn = "group_norm"
     _check_input(fn, x)
@@ -149,6 +155,8 @@ def group_norm(
     fmt = memory_format_of(x)
     if x.numel() == 0:
         return torch.empty_like(x)  # preserve_format keeps the strides
+    if _CPU_KERNEL_FOR_GROUP_NORM and kernels.cpu.supports(x) and kernels.cpu.available():
+        return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
     spatial = math.prod(x.shape[2:])
     y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, spatial, groups, eps)
@@ -161,6 +169,60 @@ def group_norm(
     if memory_format_of(y) is not fmt:
         y = y.contiguous(memory_format=fmt)
     return y
+
+
+def group_norm_act(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    act: str = "silu",
+) -> Tensor:
+    r"""Group Normalization followed by an activation, in one fused kernel.
+
+    .. math::
+        y = \mathrm{act}\left(\frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}}
+            \cdot \gamma + \beta\right),
+        \qquad \mathrm{act} \in \{\mathrm{identity}, \mathrm{ReLU}, \mathrm{SiLU}\}
+
+    Equal to ``act(group_norm(x, num_groups, weight, bias, eps))`` (statistics as in
+    :func:`group_norm`), but one pass over memory instead of two, and for the backward it
+    keeps only x and the per-(sample, group) mean and 1/std: the normalised input is
+    recomputed, so a GN + activation block holds one activation tensor instead of two.
+
+    Runs groupnorm.kernels: C++ on the CPU (float32, bfloat16), Triton on CUDA (float32,
+    bfloat16, float16), torch's operators elsewhere (with one warning). A registered
+    torch.library op, so torch.compile and torch.export trace it. Higher derivatives
+    (``create_graph=True``) are supported through a recomputation with torch's operators.
+
+    Args:
+        x: (N, C, *) floating tensor, any memory format.
+        num_groups: G, a positive divisor of C.
+        weight, bias: (C,) or None.
+        eps: added to the variance.
+        act: ``"identity"``, ``"relu"`` or ``"silu"``.
+
+    Returns:
+        A tensor like x (shape, dtype, memory format).
+
+    Examples::
+
+        >>> x = torch.randn(2, 64, 8, 8).to(memory_format=torch.channels_last)
+        >>> w, b = torch.ones(64), torch.zeros(64)
+        >>> y = group_norm_act(x, 32, w, b, act="silu")
+        >>> torch.allclose(y, torch.nn.functional.silu(group_norm(x, 32, w, b)), atol=1e-5)
+        True
+    """
+    fn = "group_norm_act"
+    _check_input(fn, x)
+    c = x.shape[1]
+    groups = _check_groups(fn, num_groups, c)
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    eps = _check_eps(fn, eps)
+    act = _check_act(fn, act)
+    return kernels.group_norm_act(x, weight, bias, groups, eps, act)[0]
 
 
 def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:

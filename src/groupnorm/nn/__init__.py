@@ -1,5 +1,6 @@
 """nn.Modules of the GN family and the norm factory ``make_norm``."""
 
+from groupnorm.nn.act import GroupNormAct
 from groupnorm.nn.conv import WSConv2d, WSConv3d
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm, resolve_groups
 from groupnorm.nn.spec import (
@@ -15,6 +16,7 @@ __all__ = [
     "BatchNorm",
     "FrozenBatchNorm",
     "GroupNorm",
+    "GroupNormAct",
     "InstanceNorm",
     "LayerNorm",
     "NormSpec",

@@ -11,6 +11,9 @@
     none        no normalization (nn.Identity)
     ws+<spec>   the same, with weight-standardized convs (applied by the model builders and
                 convert_norms; make_norm itself builds only the norm)
+    <spec>+ACT  gn, ln and in fused with the activation ACT (relu or silu) that follows them:
+                a GroupNormAct (e.g. gn:32+silu, ws+gn/16+relu); a model builder that gets
+                one leaves out its own activation after that norm (see NormSpec.act)
 
 ``make_norm`` also takes a callable (a class, a functools.partial, a function) and calls it
 with the number of channels, as torchvision's ``norm_layer`` arguments do. New kinds are
@@ -26,6 +29,7 @@ from typing import Literal
 
 from torch import nn
 
+from groupnorm.nn.act import GroupNormAct
 from groupnorm.nn.conv import WSConv2d, WSConv3d
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm
 
@@ -41,7 +45,11 @@ __all__ = [
 
 OnIndivisible = Literal["error", "nearest"]
 DEFAULT_GROUPS = 32
-SPEC_HELP = "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32)"
+SPEC_ACTIVATIONS = ("relu", "silu")  # the activations a spec can fuse (+relu, +silu)
+SPEC_HELP = (
+    "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32); "
+    "gn, ln and in optionally followed by +relu or +silu (e.g. gn:32+silu)"
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class NormSpec:
     groups: int | None = None  # gn:G
     group_size: int | None = None  # gn/K
     ws: bool = False
+    act: str = ""  # "" or a fused activation: "relu", "silu" (the norm then applies it)
 
     def __str__(self) -> str:
         text = self.kind
@@ -62,6 +71,8 @@ class NormSpec:
             text += f":{self.groups}"
         if self.group_size is not None:
             text += f"/{self.group_size}"
+        if self.act:
+            text += f"+{self.act}"
         return ("ws+" if self.ws else "") + text
 
     @property
@@ -70,17 +81,27 @@ class NormSpec:
         return self.kind == "bn" and self.variant != "frozen"
 
 
-_SPEC = re.compile(r"^(?P<ws>ws\+)?(?P<kind>[a-z][a-z0-9_-]*)(?::(?P<arg>[a-z0-9]+)|/(?P<size>\d+))?$")
+_SPEC = re.compile(
+    r"^(?P<ws>ws\+)?(?P<kind>[a-z][a-z0-9_-]*)(?::(?P<arg>[a-z0-9]+)|/(?P<size>\d+))?(?:\+(?P<act>[a-z0-9_]+))?$"
+)
 
 NormBuilder = Callable[[NormSpec, int, dict], nn.Module]
 _REGISTRY: dict[str, tuple[NormBuilder, Callable[[NormSpec], None]]] = {}
+_FUSES_ACT: set[str] = set()  # kinds whose builder applies spec.act itself
 
 
-def register_norm(kind: str, builder: NormBuilder, validate: Callable[[NormSpec], None] | None = None) -> None:
+def register_norm(
+    kind: str,
+    builder: NormBuilder,
+    validate: Callable[[NormSpec], None] | None = None,
+    *,
+    fuses_act: bool = False,
+) -> None:
     """Make ``kind`` (and ``kind:arg`` / ``kind/K`` when ``validate`` accepts them) a norm spec.
 
     ``builder(spec, num_channels, options)`` returns the module; ``validate(spec)`` raises
-    ValueError for arguments the kind does not take.
+    ValueError for arguments the kind does not take. With ``fuses_act`` the kind also takes
+    an activation suffix (``kind+silu``), which its builder must apply (``spec.act``).
     """
 
     def no_arguments(spec: NormSpec) -> None:
@@ -88,6 +109,10 @@ def register_norm(kind: str, builder: NormBuilder, validate: Callable[[NormSpec]
             raise ValueError(f"norm spec {str(spec)!r}: {kind} takes no arguments")
 
     _REGISTRY[kind] = (builder, validate or no_arguments)
+    if fuses_act:
+        _FUSES_ACT.add(kind)
+    else:
+        _FUSES_ACT.discard(kind)
 
 
 def parse_norm_spec(spec: str | NormSpec) -> NormSpec:
@@ -99,16 +124,28 @@ def parse_norm_spec(spec: str | NormSpec) -> NormSpec:
     m = _SPEC.match(spec.strip().lower())
     if m is None or m["kind"] not in _REGISTRY:
         raise ValueError(f"norm spec: cannot parse {spec!r}; expected one of {SPEC_HELP}")
-    arg, size = m["arg"], m["size"]
+    arg, size, act = m["arg"], m["size"], m["act"] or ""
     parsed = NormSpec(
         kind=m["kind"],
         variant=arg if arg is not None and not arg.isdigit() else "",
         groups=int(arg) if arg is not None and arg.isdigit() else None,
         group_size=int(size) if size is not None else None,
         ws=m["ws"] is not None,
+        act=act,
     )
     if parsed.groups == 0 or parsed.group_size == 0:
         raise ValueError(f"norm spec {spec!r}: the number of groups and the group size must be positive")
+    if act:
+        if parsed.kind not in _FUSES_ACT:
+            fusing = ", ".join(sorted(_FUSES_ACT))
+            raise ValueError(
+                f"norm spec {spec!r}: {parsed.kind} takes no activation suffix; only {fusing} fuse one "
+                f"(e.g. gn:32+silu)"
+            )
+        if act not in SPEC_ACTIVATIONS:
+            raise ValueError(
+                f"norm spec {spec!r}: the activation must be one of {', '.join(SPEC_ACTIVATIONS)}; got {act!r}"
+            )
     _REGISTRY[parsed.kind][1](parsed)
     return parsed
 
@@ -140,9 +177,11 @@ def make_norm(
     Examples::
 
         >>> make_norm("gn:32", 256)
-        GroupNorm(32, 256, eps=1e-05, affine=True)
+        GroupNorm(32, 256, eps=1e-05, affine=True, bias=True)
         >>> make_norm("gn/16", 256)
-        GroupNorm(16, 256, eps=1e-05, affine=True)
+        GroupNorm(16, 256, eps=1e-05, affine=True, bias=True)
+        >>> make_norm("gn:32+silu", 256)
+        GroupNormAct(32, 256, eps=1e-05, affine=True, bias=True, act='silu')
     """
     if callable(spec) and not isinstance(spec, (str, NormSpec)):
         return spec(num_channels)
@@ -192,7 +231,7 @@ def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
                     f"divide C (pass on_indivisible='nearest' to use {nearest_divisor(c, size)} instead)"
                 )
             size = nearest_divisor(c, size)
-        return GroupNorm(num_channels=c, group_size=size, eps=o["eps"])
+        return _group_norm(c // size, c, o["eps"], spec.act)
     groups = spec.groups if spec.groups is not None else DEFAULT_GROUPS
     if c % groups:
         if o["on_indivisible"] == "error":
@@ -201,7 +240,12 @@ def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
                 f"(pass on_indivisible='nearest' to use {nearest_divisor(c, groups)} groups instead)"
             )
         groups = nearest_divisor(c, groups)
-    return GroupNorm(groups, c, eps=o["eps"])
+    return _group_norm(groups, c, o["eps"], spec.act)
+
+
+def _group_norm(groups: int, c: int, eps: float, act: str) -> nn.Module:
+    """GroupNorm, or GroupNormAct when the spec fuses an activation."""
+    return GroupNormAct(groups, c, eps=eps, act=act) if act else GroupNorm(groups, c, eps=eps)
 
 
 def _validate_gn(spec: NormSpec) -> None:
@@ -210,7 +254,15 @@ def _validate_gn(spec: NormSpec) -> None:
 
 
 register_norm("bn", _build_bn, _validate_bn)
-register_norm("gn", _build_gn, _validate_gn)
-register_norm("ln", lambda spec, c, o: LayerNorm(c, eps=o["eps"]))
-register_norm("in", lambda spec, c, o: InstanceNorm(c, eps=o["eps"]))
+register_norm("gn", _build_gn, _validate_gn, fuses_act=True)
+register_norm(
+    "ln",
+    lambda spec, c, o: _group_norm(1, c, o["eps"], spec.act) if spec.act else LayerNorm(c, eps=o["eps"]),
+    fuses_act=True,
+)
+register_norm(
+    "in",
+    lambda spec, c, o: _group_norm(c, c, o["eps"], spec.act) if spec.act else InstanceNorm(c, eps=o["eps"]),
+    fuses_act=True,
+)
 register_norm("none", lambda spec, c, o: nn.Identity())

@@ -1,0 +1,259 @@
+"""The CPU kernels: cpu.cpp, built at first use with the system C++ compiler, called through ctypes.
+
+The library is compiled once per machine (``-O3 -march=native -fopenmp``, about 5 s) into
+``groupnorm.io.cache_dir() / "kernels"`` and loaded from there afterwards. It includes no
+torch header, so the build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``), and
+it links libgomp by soname, so its OpenMP threads are the ones torch already runs.
+
+Set ``GROUPNORM_CPU_KERNELS=0`` to turn the kernels off (torch's native GroupNorm is then
+used, as when the build fails; a failure is reported once, as a warning).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from groupnorm.io import cache_dir
+from groupnorm.kernels._common import memory_format_of
+
+__all__ = ["available", "backward", "build_info", "forward", "load", "supports"]
+
+ABI_VERSION = 2
+SOURCE = Path(__file__).with_name("cpu.cpp")
+ACTS = {"identity": 0, "relu": 1, "silu": 2}
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+# Samples are processed in waves of at most this many bytes of input per thread, so that the
+# output pass finds them still in the L2 cache (2 MB per core where this was measured).
+WAVE_BYTES_PER_THREAD = 1 << 20
+# In channels-last tasks each row of a task's block of channels is at least this wide.
+ROW_BYTES = 512
+MODES = {"auto": 0, "tasks": 1, "split": 2}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_info: dict[str, object] = {}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _flags() -> list[str]:
+    flags = ["-std=c++17", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags.append("-mprefer-vector-width=512")  # no effect without AVX-512
+    return [*flags, "-fPIC", "-shared"]
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags, where Linux tells them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(keep))
+
+
+def _library_path(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version.encode(), " ".join(_flags()).encode(), _cpu_signature().encode()):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / "kernels" / f"groupnorm_cpu-{platform.machine()}-{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: Path) -> float:
+    """Compile cpu.cpp into target (atomically: concurrent builders are safe); return seconds taken."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [compiler, *_flags(), str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+        return time.perf_counter() - t0
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    lib.gn_abi_version.restype = i32
+    lib.gn_abi_version.argtypes = []
+    lib.gn_forward.restype = i32
+    lib.gn_forward.argtypes = [i32, i32, i32, p, p, p, i64, i64, i64, i64, f64, p, p, p, i32, i32, i64, i64]
+    lib.gn_backward.restype = i32
+    lib.gn_backward.argtypes = [i32, i32, i32, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p, i32, i32, i64, i64]
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel library, built on first call; None (with one warning) where it cannot be had."""
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is not None or _error is not None:
+            return _lib
+        try:
+            _lib = _load()
+        except Exception as e:  # any failure means: use torch's kernels instead
+            _error = f"{type(e).__name__}: {e}"
+            warnings.warn(
+                f"groupnorm: the fast CPU GroupNorm kernels are unavailable ({_error}); "
+                "falling back to torch's native kernels (said once)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _lib
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("GROUPNORM_CPU_KERNELS", "1") == "0":
+        raise RuntimeError("turned off by GROUPNORM_CPU_KERNELS=0")
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    path = _library_path(compiler)
+    built = 0.0
+    if not path.exists():
+        built = _build(compiler, path)
+    lib = ctypes.CDLL(str(path))
+    _bind(lib)
+    if lib.gn_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI {lib.gn_abi_version()}, expected {ABI_VERSION}")
+    _info.update(path=str(path), compiler=compiler, build_seconds=built)
+    return lib
+
+
+def available() -> bool:
+    """True when the kernels are built (or can be) and loaded."""
+    return load() is not None
+
+
+def build_info() -> dict[str, object]:
+    """Where the library is, which compiler built it, and how long this process spent building it."""
+    load()
+    return dict(_info) if _lib is not None else {"error": _error}
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the CPU kernels take x (dtype and device); the library itself may still be missing."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and x.dim() >= 2
+
+
+def _layout(x: Tensor) -> tuple[Tensor, int, torch.memory_format]:
+    """x in the layout the kernels read, with its code (0: N,C,S; 1: N,S,C) and memory format."""
+    fmt = memory_format_of(x)
+    return x.contiguous(memory_format=fmt), (0 if fmt is torch.contiguous_format else 1), fmt
+
+
+def _params(weight: Tensor | None, bias: Tensor | None, c: int) -> tuple[Tensor, Tensor]:
+    w = torch.ones(c) if weight is None else weight.detach().to(torch.float32).contiguous()
+    b = torch.zeros(c) if bias is None else bias.detach().to(torch.float32).contiguous()
+    return w, b
+
+
+def _tuning(mode: str) -> tuple[int, int, int, int]:
+    """(threads, mode code, wave bytes, row bytes) for a call, with torch's number of threads."""
+    if mode not in MODES:
+        raise ValueError(f"groupnorm CPU kernels: mode must be one of {sorted(MODES)}; got {mode!r}")
+    threads = max(1, torch.get_num_threads())
+    return threads, MODES[mode], threads * WAVE_BYTES_PER_THREAD, ROW_BYTES
+
+
+def forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    num_groups: int,
+    eps: float,
+    act: str,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """y = act(GN(x)), and the per-(sample, group) mean and 1/std, (N, G) float32.
+
+    x: (N, C, *) float32 or bfloat16 on the CPU, checked by the caller; y keeps its memory format.
+    ``mode``: ``"tasks"`` (a thread per block of groups), ``"split"`` (groups split over threads)
+    or ``"auto"`` (tasks when there are at least two per thread); for tests and tuning.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
+    n, c = x.shape[:2]
+    s = math.prod(x.shape[2:])
+    xc, layout, fmt = _layout(x)
+    y = torch.empty_like(xc, memory_format=fmt)
+    mean = x.new_empty((n, num_groups), dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    w, b = _params(weight, bias, c)
+    threads, code, wave, row = _tuning(mode)
+    rc = lib.gn_forward(
+        DTYPES[x.dtype], layout, ACTS[act], xc.data_ptr(), w.data_ptr(), b.data_ptr(), n, c, s, num_groups,
+        float(eps), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), threads, code, wave, row,
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"groupnorm CPU forward kernel failed with code {rc} for x of shape {tuple(x.shape)}")
+    return y, mean, rstd
+
+
+def backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    num_groups: int,
+    act: str,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dx, dweight, dbias) of act(GN(x)) from x and the saved mean and rstd alone.
+
+    dweight and dbias are float32 of shape (C,), computed whether or not there is a weight.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
+    n, c = x.shape[:2]
+    s = math.prod(x.shape[2:])
+    xc, layout, fmt = _layout(x)
+    dyc = dy.to(x.dtype).contiguous(memory_format=fmt)
+    dx = torch.empty_like(xc, memory_format=fmt)
+    dw = torch.empty(c, dtype=torch.float32)
+    db = torch.empty(c, dtype=torch.float32)
+    w, b = _params(weight, bias, c)
+    mean = mean.to(torch.float32).contiguous()
+    rstd = rstd.to(torch.float32).contiguous()
+    threads, code, wave, row = _tuning(mode)
+    rc = lib.gn_backward(
+        DTYPES[x.dtype], layout, ACTS[act], dyc.data_ptr(), xc.data_ptr(), w.data_ptr(), b.data_ptr(),
+        mean.data_ptr(), rstd.data_ptr(), n, c, s, num_groups, dx.data_ptr(), dw.data_ptr(), db.data_ptr(),
+        threads, code, wave, row,
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"groupnorm CPU backward kernel failed with code {rc} for x of shape {tuple(x.shape)}")
+    return dx, dw, db
