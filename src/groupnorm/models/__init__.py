@@ -13,9 +13,10 @@ from torch import nn
 
 from groupnorm.convert import zero_init_last_gamma
 from groupnorm.models.cifar_resnet import BasicBlock, CifarResNet
+from groupnorm.models.tv_resnet import TorchvisionStyleResNet
 from groupnorm.nn.spec import NormSpec, OnIndivisible, conv_layer, make_norm, parse_norm_spec
 
-__all__ = ["MODELS", "BasicBlock", "CifarResNet", "build_model", "norm_factory"]
+__all__ = ["MODELS", "BasicBlock", "CifarResNet", "TorchvisionStyleResNet", "build_model", "norm_factory"]
 
 
 def norm_factory(
@@ -47,8 +48,14 @@ def _resnet50(spec, num_classes, in_channels, devices, on_indivisible, *, depth=
     return model
 
 
+def _tvresnet(spec, num_classes, in_channels, devices, on_indivisible, *, depth=10, width=16):
+    """A torchvision-style ResNet of any width (the detection experiment's backbone, pre-trained as a classifier)."""
+    norm = norm_factory(spec, devices, on_indivisible)
+    return TorchvisionStyleResNet(depth, width, num_classes, in_channels, norm, conv_layer(spec))
+
+
 # name -> builder(spec, num_classes, in_channels, devices, on_indivisible, *, depth, width)
-MODELS: dict[str, Callable[..., nn.Module]] = {"resnet": _resnet, "resnet50": _resnet50}
+MODELS: dict[str, Callable[..., nn.Module]] = {"resnet": _resnet, "resnet50": _resnet50, "tvresnet": _tvresnet}
 
 
 def build_model(
