@@ -125,6 +125,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         flush=True,
     )
     module.run(preset, args.runs, jobs=args.jobs)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
+        return 0
     report = build_report(module.NAME, args.runs / module.NAME)
     print(f"\nReport: {report}")
     print(_verdict_of(report))
