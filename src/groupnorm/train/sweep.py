@@ -90,6 +90,19 @@ def _duration(seconds: float) -> str:
     )
 
 
+def _progress_bar():
+    """A terminal bar over the sweep's work (percent), with tqdm's ETA."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=100,
+        unit="%",
+        desc="sweep",
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {n}% [{elapsed}<{remaining}{postfix}]",
+    )
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):  # die with the parent, so a killed sweep leaves no orphan training
@@ -148,6 +161,7 @@ def run_sweep(
                 pool.submit(_run_one, train, configs[i].replace(threads=threads), str(runs_dir)): i for i in order
             }
             pending, last = set(futures), -1
+            bar = _progress_bar() if sys.stderr.isatty() else None
             while pending:
                 done, pending = wait(pending, timeout=10, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -160,9 +174,14 @@ def run_sweep(
                         failures.append(f"{configs[i].id}: {type(e).__name__}: {e}")
                         log(f"sweep: run {configs[i].id} failed: {type(e).__name__}: {e}")
                 pct, line = tracker.status()
-                if pct != last:  # a line whenever some run finishes an epoch
+                if bar is not None:
+                    bar.set_postfix_str(line.split(", ", 1)[0].removeprefix("sweep: "), refresh=False)
+                    bar.update(pct - bar.n)
+                elif pct != last:  # a line whenever some run finishes an epoch
                     log(line)
                     last = pct
+            if bar is not None:
+                bar.close()
     if failures:
         raise SweepFailed(f"{len(failures)} of {len(configs)} runs failed: " + "; ".join(failures))
     return results
