@@ -202,3 +202,19 @@ def test_cli_help_explains_the_commands():
     for w in ("reproduce", "train", "sweep", "report", "torchrun", "--preset smoke"):
         assert w in out
     assert "smoke" in _cli("reproduce", "--help").stdout
+
+
+def test_image_folder_runs_through_the_engine(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                pixels = np.full((36, 36, 3), 60 + 120 * c + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / cls / f"{i}.png")
+    cfg = tiny(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=32, workers=0, width=8, epochs=1,
+               images_per_device=2)  # fmt: skip
+    result = train_run(cfg, tmp_path / "runs", log=lambda m: None)
+    assert result["status"] == "finished" and result["epochs"] == 1
