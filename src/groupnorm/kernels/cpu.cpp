@@ -13,10 +13,12 @@
 // blocks are combined with Chan's formula, so a large mean against a small spread
 // (x = 1e4 + N(0, 1)) costs no accuracy.
 //
-// Work is split into pieces of about kPiece elements, independent of the thread count, and
-// every reduction runs in a fixed order: results are bitwise identical for any number of
-// threads. Samples are processed in waves small enough to stay in the threads' L2 caches
-// between the statistics pass and the output pass, so x is read from memory once.
+// Two ways to split the work. Tasks (the usual case): one thread takes a block of whole groups
+// of one sample, computes their statistics and then their output while the block is still in
+// its L2 cache; no barrier. Split (when there are fewer blocks than twice the threads): the
+// groups' statistics are split over threads in pieces, with barriers between the passes.
+// Every reduction runs in a fixed order: the same input gives the same bits on every run, and
+// in the tasks mode for any number of threads (the mode itself depends on the thread count).
 
 #include <algorithm>
 #include <cmath>
@@ -679,9 +681,11 @@ void forward_nchw_tasks(const typename L::T* x, const float* w, const float* b, 
   }
 }
 
-// Channels-last blocks are walked row by row, 16 channels to a vector, in chunks of rows of
-// about 32 KB (which stay in L1 or L2 between the two passes of the statistics).
-inline int64_t rows_per_chunk(int64_t W) { return std::max<int64_t>(1, 2 * kChunk / W); }
+// Channels-last blocks are walked row by row, 16 channels to a vector, in chunks of rows
+// (at most 32 KB of a row-block, so a chunk stays in L1 or L2 between the two passes of the
+// statistics). The chunks depend on C only, not on the block: a channel's sums are the same
+// bits whichever block of groups, and so whichever number of threads, computes them.
+inline int64_t rows_per_chunk(int64_t C) { return std::max<int64_t>(32, 2 * kChunk / C); }
 
 inline vf loadf(const float* p) { return F32::loadv(p); }
 inline void storef(float* p, vf v) { F32::storev(p, v); }
@@ -721,7 +725,7 @@ template <class L, int ACT>
 void forward_nhwc_tasks(const typename L::T* x, const float* w, const float* b, int64_t N, int64_t C, int64_t S,
                         int64_t G, double eps, typename L::T* y, float* mean_out, float* rstd_out, int nthreads,
                         int64_t gpb) {
-  const int64_t D = C / G, W = gpb * D, WV = W / kV * kV, blocks = G / gpb, P = rows_per_chunk(W);
+  const int64_t D = C / G, W = gpb * D, WV = W / kV * kV, blocks = G / gpb, P = rows_per_chunk(C);
   std::vector<float> scratch(size_t(6 * W * nthreads));
   std::vector<double> channel(size_t(2 * W * nthreads));  // per channel: running mean and m2
 
@@ -866,7 +870,7 @@ template <class L, int ACT>
 void backward_nhwc_tasks(const typename L::T* dy, const typename L::T* x, const float* w, const float* b,
                          const float* mean_in, const float* rstd_in, int64_t N, int64_t C, int64_t S, int64_t G,
                          typename L::T* dx, float* dw, float* db, int nthreads, int64_t gpb) {
-  const int64_t D = C / G, W = gpb * D, WV = W / kV * kV, blocks = G / gpb, P = rows_per_chunk(W);
+  const int64_t D = C / G, W = gpb * D, WV = W / kV * kV, blocks = G / gpb, P = rows_per_chunk(C);
   std::vector<double> A(size_t(N * C)), B(size_t(N * C));
   std::vector<float> scratch(size_t(8 * W * nthreads));
 
