@@ -1,0 +1,205 @@
+"""torchvision's Mask R-CNN on a ResNet-FPN backbone, with every norm from a norm spec.
+
+    model = build_mask_rcnn(cfg, num_classes=11, devices=8)
+
+- backbone: a classifier of groupnorm.models (``tvresnet`` of any width, or torchvision's
+  ``resnet50``) built with ``cfg.backbone_norm`` (``bn:frozen`` is the paper's BN*, ``bn`` is BN
+  fine-tuned with per-device statistics over ``devices`` virtual devices, ``gn:G`` ...), loaded
+  from a classification checkpoint (``load_backbone_weights``), its stem and first stages frozen
+  as ``trainable_layers`` says;
+- torchvision's FeaturePyramidNetwork (P2-P6) with ``cfg.fpn_norm`` after its convs;
+- torchvision's RPN (its head has no norm, as in the paper);
+- box head: torchvision's TwoMLPHead (``2fc``) or FastRCNNConvFCHead with four 3x3 convs and
+  one fc (``4conv1fc``, the paper's GN head) with ``cfg.head_norm`` after each conv;
+- mask head: torchvision's MaskRCNNHeads, four 3x3 convs with ``cfg.head_norm``, and its predictor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from groupnorm.detection.config import DetectionConfig
+from groupnorm.models import build_model, norm_factory
+from groupnorm.nn.spec import parse_norm_spec
+from groupnorm.train.records import load_checkpoint
+
+__all__ = ["build_mask_rcnn", "load_backbone_weights", "optimizer_groups", "stage_channels"]
+
+RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's convention
+
+
+def stage_channels(body: nn.Module) -> list[int]:
+    """Output channels of layer1..layer4 of a torchvision-style ResNet."""
+    known = getattr(body, "stage_channels", None)
+    if known:
+        return list(known)
+    out = []
+    for name in RETURN_LAYERS:
+        last = getattr(body, name)[-1]
+        out.append((last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels)
+    return out
+
+
+def _norm_layer(spec: str, devices: int = 1):
+    """A torchvision ``norm_layer`` for ``spec``, or None for ``none`` (so the convs keep their bias)."""
+    return None if parse_norm_spec(spec).kind == "none" else norm_factory(spec, devices)
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A stem conv trained on grey images for RGB ones (or back): the same response to a grey image."""
+    have = weight.shape[1]
+    if have == in_channels:
+        return weight
+    if have == 1:
+        return weight.repeat(1, in_channels, 1, 1) / in_channels
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    raise ValueError(f"cannot adapt a stem conv with {have} input channels to {in_channels}")
+
+
+def load_backbone_weights(body: nn.Module, path: Path | str) -> list[str]:
+    """Load a classification checkpoint (groupnorm.train's, or a plain state dict) into ``body``.
+
+    Loaded with ``weights_only=True``. The classifier's fc is dropped; a stem trained on grey
+    images is adapted to RGB. Returns the keys left at their initial values (none but the
+    fc's); raises ValueError when the checkpoint's norms do not match the backbone's (e.g. a
+    BN checkpoint for a GN backbone) or its shapes differ.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict or a checkpoint with a 'model' state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
+    if "conv1.weight" in state:
+        state["conv1.weight"] = _adapt_first_conv(state["conv1.weight"], body.conv1.weight.shape[1])
+    own = body.state_dict()
+    # BN* (a frozen affine) and BN share their keys but for BN's step counter
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    if unexpected or missing:
+        raise ValueError(
+            f"{path} does not fit this backbone (were they built with the same norm?): "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path}: shapes differ for {bad[:3]}: a different depth or width?")
+    result = body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return list(result.missing_keys)
+
+
+def _freeze(body: nn.Module, trainable_layers: int) -> None:
+    trainable = TRAINABLE_ORDER[:trainable_layers]
+    if trainable_layers == 5:
+        trainable = (*trainable, "bn1")
+    for name, param in body.named_parameters():
+        if not name.startswith(trainable):
+            param.requires_grad_(False)
+
+
+def build_mask_rcnn(
+    cfg: DetectionConfig,
+    num_classes: int,
+    *,
+    devices: int = 1,
+    runs_dir: Path | str | None = None,
+    load_weights: bool = True,
+) -> nn.Module:
+    """torchvision's MaskRCNN for ``cfg`` (see the module docstring).
+
+    Args:
+        num_classes: categories plus the background.
+        devices: virtual devices in this process, for a ``bn`` backbone.
+        runs_dir: what a relative ``cfg.pretrained`` is relative to.
+        load_weights: load ``cfg.pretrained`` (False: build only, e.g. on the meta device).
+    """
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    body = build_model(
+        cfg.backbone,
+        norm=cfg.backbone_norm,
+        num_classes=1000,
+        in_channels=3,
+        devices=devices,
+        zero_init_last=cfg.zero_init_last and not cfg.pretrained,
+        depth=cfg.depth,
+        width=cfg.width,
+    )
+    if cfg.pretrained and load_weights:
+        path = cfg.pretrained_path(runs_dir or ".")
+        load_backbone_weights(body, path)  # type: ignore[arg-type]
+    _freeze(body, cfg.trainable_layers)
+    body.fc = nn.Identity()  # not used by the FPN; keeps no dead parameters around
+
+    fpn_norm = _norm_layer(cfg.fpn_norm)
+    backbone = BackboneWithFPN(
+        body, RETURN_LAYERS, stage_channels(body), cfg.fpn_channels, LastLevelMaxPool(), norm_layer=fpn_norm
+    )
+    anchors = AnchorGenerator(tuple((cfg.anchor_size * 2**i,) for i in range(5)), ((0.5, 1.0, 2.0),) * 5)
+    c = cfg.fpn_channels
+    head_norm = _norm_layer(cfg.head_norm)
+    if cfg.head == "4conv1fc":
+        box_head: nn.Module = FastRCNNConvFCHead(
+            (c, cfg.box_pool, cfg.box_pool), [cfg.head_channels] * 4, [cfg.fc_channels], norm_layer=head_norm
+        )
+    else:
+        box_head = TwoMLPHead(c * cfg.box_pool**2, cfg.fc_channels)
+    features = ["0", "1", "2", "3"]
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg.resize[0],
+        max_size=cfg.resize[1],
+        image_mean=list(cfg.image_mean),
+        image_std=list(cfg.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(c, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_per_image,
+        box_roi_pool=MultiScaleRoIAlign(features, cfg.box_pool, sampling_ratio=2),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(cfg.fc_channels, num_classes),
+        box_batch_size_per_image=cfg.box_batch_per_image,
+        box_detections_per_img=cfg.detections_per_image,
+        mask_roi_pool=MultiScaleRoIAlign(features, cfg.mask_pool, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(c, [cfg.head_channels] * 4, 1, norm_layer=head_norm),
+        mask_predictor=MaskRCNNPredictor(cfg.head_channels, cfg.head_channels, num_classes),
+    )
+    return model
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:
+    """Parameter groups: ``norm_weight_decay`` on every norm's gamma and beta, ``weight_decay`` on the rest.
+
+    Frozen parameters (requires_grad False) are left out.
+    """
+    norm_types = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    norm_params, other = [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (norm_params if isinstance(module, norm_types) else other).append(param)
+    groups = [{"params": other, "weight_decay": weight_decay}]
+    if norm_params:
+        groups.append({"params": norm_params, "weight_decay": norm_weight_decay})
+    return groups

@@ -1,0 +1,363 @@
+"""Detection and instance segmentation transfer (paper Sec. 6.1: Tables 4 to 7), on torchvision's Mask R-CNN.
+
+Two stages, both records under ``runs/detection``:
+
+1. pre-training: the backbone (a torchvision-style ResNet) is trained as a classifier by the
+   classification engine (groupnorm.train.train_run) with BN and with GN, as the paper
+   transfers its ImageNet models; records in ``runs/detection/pretrain/<run-id>/``;
+2. detection: Mask R-CNN (ResNet-FPN) fine-tuned from those checkpoints, or trained from
+   scratch, on a COCO-format dataset (by default scenes of real Fashion-MNIST items) at 2
+   images per (virtual) device, evaluated with COCOeval; records in ``runs/detection/<run-id>/``.
+
+The variants (``Preset.variants``):
+
+    bn*             BN* backbone (BN frozen into an affine: the paper's baseline), GN FPN and heads
+    bn*-plain       BN* backbone, no norm in the FPN or heads, 2fc box head (Table 5, first row)
+    bn              BN fine-tuned at images_per_device images per device (its statistics per device), GN heads
+    gn              GN backbone, GN FPN and heads (the paper's GN Mask R-CNN)
+    gn-scratch      GN everywhere, from scratch (Table 7)
+    syncbn-scratch  SyncBN backbone (statistics over all devices), GN heads, from scratch (Table 7's baseline)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from groupnorm.detection.config import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
+from groupnorm.detection.train import check_detection_configs, dataset_paths, detection_cost, train_detection
+from groupnorm.train.config import TrainConfig
+from groupnorm.train.records import CHECKPOINT, Record, load_records
+from groupnorm.train.sweep import run_sweep
+
+__all__ = [
+    "NAME",
+    "PRESETS",
+    "PRETRAIN_EXPERIMENT",
+    "VARIANTS",
+    "Preset",
+    "Variant",
+    "configs",
+    "pretrain_configs",
+    "run",
+]
+
+NAME = "detection"
+PRETRAIN_EXPERIMENT = f"{NAME}/pretrain"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the paper's tables: which norm where, and whether the backbone is pre-trained.
+
+    ``backbone`` is a norm spec, or "gn" for the preset's backbone_gn; ``heads`` is "gn" (the
+    preset's head_gn in the FPN, the 4conv1fc box head and the mask head) or "none" (2fc box head).
+    """
+
+    label: str
+    backbone: str
+    heads: str
+    pretrained: bool
+    description: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "bn*": Variant("BN*", "bn:frozen", "gn", True, "BN* backbone (frozen BN), GN FPN and heads"),
+    "bn*-plain": Variant("BN*, no head norm", "bn:frozen", "none", True, "BN* backbone, no norm after it, 2fc head"),
+    "bn": Variant("BN, fine-tuned", "bn", "gn", True, "BN fine-tuned with per-device statistics, GN FPN and heads"),
+    "gn": Variant("GN", "gn", "gn", True, "GN backbone, GN FPN and heads"),
+    "gn-scratch": Variant("GN, from scratch", "gn", "gn", False, "GN everywhere, no pre-training"),
+    "syncbn-scratch": Variant(
+        "SyncBN, from scratch", "bn:sync", "gn", False, "SyncBN backbone (statistics over all devices), GN heads"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The grid (variants x seeds) and every size of the model, data and schedule."""
+
+    variants: tuple[str, ...] = ("bn*", "bn", "gn")
+    seeds: tuple[int, ...] = (0, 1)
+    # data: generated scenes, or a COCO-format folder (dataset=coco, data_dir=...)
+    dataset: str = "scenes"
+    data_dir: str = ""
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    scene_seed: int = 0
+    scene_train: int = 800
+    scene_val: int = 200
+    scene_size: int = 96
+    scene_items: tuple[int, int] = (2, 4)
+    scene_scales: tuple[float, float] = (0.9, 2.0)
+    min_size: int = 0
+    max_size: int = 0
+    # backbone and its pre-training with the classification engine
+    backbone: str = "tvresnet"
+    depth: int = 10
+    width: int = 16
+    backbone_gn: str = "gn:8"  # width 16 with 8 groups: the paper's 64 channels / 32 groups, scaled
+    pretrain_dataset: str = "fashion-mnist"
+    pretrain_images: int = 20000
+    pretrain_epochs: int = 10
+    pretrain_images_per_device: int = 32
+    pretrain_devices: int = 8
+    pretrain_data_dir: str = ""
+    trainable_layers: int = 3  # fine-tuning: stem and layer1 frozen, as Detectron and torchvision
+    # FPN and heads
+    fpn_channels: int = 32
+    head_gn: str = "gn:4"  # 32 channels in 4 groups: the paper's 256 / 32, scaled
+    head_channels: int = 32
+    fc_channels: int = 128
+    box_pool: int = 7
+    mask_pool: int = 14
+    anchor_size: int = 8
+    rpn_batch_per_image: int = 64
+    rpn_pre_nms_train: int = 300
+    rpn_post_nms_train: int = 100
+    rpn_pre_nms_test: int = 200
+    rpn_post_nms_test: int = 100
+    box_batch_per_image: int = 64
+    detections_per_image: int = 50
+    # the batch and schedule
+    images_per_device: int = 2
+    devices: int = 4
+    epochs: int = 12
+    scratch_epochs: int = 0  # from-scratch variants (0: epochs; the paper trains them longer)
+    base_lr: float = 0.02
+    warmup_epochs: float = 0.5
+    eval_every: int = 0
+
+
+PRESETS: dict[str, Preset] = {
+    # End to end in about a minute: what the tests run.
+    "smoke": Preset(
+        variants=("bn*", "gn"),
+        seeds=(0,),
+        scene_train=48,
+        scene_val=16,
+        pretrain_images=2048,
+        pretrain_epochs=1,
+        epochs=1,
+        devices=2,
+    ),
+    # The default of `groupnorm reproduce detection`: ~30 minutes on 2 cores.
+    "quick": Preset(),
+    # Every variant, 3 seeds, larger scenes and a longer schedule (hours on a CPU).
+    "full": Preset(
+        variants=("bn*-plain", "bn*", "bn", "gn", "gn-scratch", "syncbn-scratch"),
+        seeds=(0, 1, 2),
+        scene_train=4000,
+        scene_val=500,
+        scene_size=128,
+        scene_scales=(0.9, 3.0),
+        width=32,
+        backbone_gn="gn:16",
+        pretrain_images=0,
+        pretrain_epochs=30,
+        fpn_channels=64,
+        head_gn="gn:8",
+        head_channels=64,
+        fc_channels=256,
+        rpn_batch_per_image=128,
+        rpn_pre_nms_train=1000,
+        rpn_post_nms_train=500,
+        rpn_pre_nms_test=500,
+        rpn_post_nms_test=300,
+        box_batch_per_image=128,
+        devices=8,
+        epochs=24,
+        scratch_epochs=48,
+        eval_every=4,
+    ),
+    # The paper's setting for a lab: ResNet-50-FPN on COCO 2017 (data_dir), backbones pre-trained on
+    # ImageNet (pretrain_data_dir: an ImageFolder with train/ and val/), 8 GPUs x 2 images, 1x schedule.
+    "paper": Preset(
+        variants=("bn*-plain", "bn*", "bn", "gn", "gn-scratch", "syncbn-scratch"),
+        seeds=(0,),
+        dataset="coco",
+        backbone="resnet50",
+        depth=50,
+        width=64,
+        backbone_gn="gn:32",
+        pretrain_dataset="imagefolder",
+        pretrain_images=0,
+        pretrain_epochs=100,
+        fpn_channels=256,
+        head_gn="gn:32",
+        head_channels=256,
+        fc_channels=1024,
+        anchor_size=32,
+        rpn_batch_per_image=256,
+        rpn_pre_nms_train=2000,
+        rpn_post_nms_train=2000,
+        rpn_pre_nms_test=1000,
+        rpn_post_nms_test=1000,
+        box_batch_per_image=512,
+        detections_per_image=100,
+        devices=8,
+        epochs=12,
+        scratch_epochs=36,
+        warmup_epochs=0.1,
+    ),
+}
+
+
+def _check(preset: Preset) -> None:
+    unknown = [v for v in preset.variants if v not in VARIANTS]
+    if unknown or not preset.variants:
+        raise ValueError(f"variants must be among {', '.join(VARIANTS)}; got {', '.join(preset.variants) or 'none'}")
+    if not preset.seeds:
+        raise ValueError("seeds: give at least one seed")
+    if preset.dataset == "coco" and not preset.data_dir:
+        raise ValueError("dataset coco needs data_dir (a folder with annotations/instances_<split>.json and <split>/)")
+    if preset.pretrain_dataset == "imagefolder" and not preset.pretrain_data_dir and _needs_pretraining(preset):
+        raise ValueError("pretrain_dataset imagefolder needs pretrain_data_dir (a folder with train/ and val/)")
+
+
+def _needs_pretraining(preset: Preset) -> bool:
+    return any(VARIANTS[v].pretrained for v in preset.variants)
+
+
+def _backbone_norm(preset: Preset, variant: Variant) -> str:
+    return preset.backbone_gn if variant.backbone == "gn" else variant.backbone
+
+
+def _pretrain_norm(preset: Preset, variant: Variant) -> str:
+    """The classifier whose weights the variant starts from: BN for BN*, BN and SyncBN; GN for GN."""
+    norm = _backbone_norm(preset, variant)
+    return "bn" if norm.startswith("bn") else norm
+
+
+def _pretrain_config(preset: Preset, norm: str) -> TrainConfig:
+    return TrainConfig(
+        experiment=PRETRAIN_EXPERIMENT,
+        dataset=preset.pretrain_dataset,
+        train_images=preset.pretrain_images,
+        model=preset.backbone,
+        depth=preset.depth,
+        width=preset.width,
+        norm=norm,
+        images_per_device=preset.pretrain_images_per_device,
+        devices=preset.pretrain_devices,
+        epochs=preset.pretrain_epochs,
+        schedule="step" if preset.pretrain_dataset == "imagefolder" else "cosine",
+        warmup_epochs=0.0 if preset.pretrain_dataset == "imagefolder" else 1.0,
+        data_dir=preset.pretrain_data_dir,
+    )
+
+
+def pretrain_configs(preset: Preset) -> list[TrainConfig]:
+    """The classification runs whose checkpoints the pre-trained variants start from (one per norm)."""
+    _check(preset)
+    norms = sorted({_pretrain_norm(preset, VARIANTS[v]) for v in preset.variants if VARIANTS[v].pretrained})
+    return [_pretrain_config(preset, n) for n in norms]
+
+
+def _normalization(preset: Preset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The detector's input normalization: the pre-training data's (grey -> the same for R, G and B)."""
+    from groupnorm.data.datasets import LOADERS, load_image_data
+
+    if preset.pretrain_dataset not in LOADERS:
+        return IMAGENET_MEAN, IMAGENET_STD
+    data = load_image_data(preset.pretrain_dataset, preset.pretrain_images, 0, preset.pretrain_data_dir or None)
+    mean, std = data.mean, data.std
+    if len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+
+
+def configs(preset: Preset, log: Callable[[str], None] = print) -> list[DetectionConfig]:
+    """Every detection run of the grid (variants x seeds)."""
+    _check(preset)
+    mean, std = _normalization(preset)
+    out = []
+    for name in preset.variants:
+        v = VARIANTS[name]
+        pretrained = ""
+        if v.pretrained:
+            pre = _pretrain_config(preset, _pretrain_norm(preset, v))
+            pretrained = f"{PRETRAIN_EXPERIMENT}/{pre.id}/{CHECKPOINT}"
+        head_norm = preset.head_gn if v.heads == "gn" else "none"
+        for seed in preset.seeds:
+            out.append(
+                DetectionConfig(
+                    experiment=NAME,
+                    variant=name,
+                    dataset=preset.dataset,
+                    data_dir=preset.data_dir,
+                    train_split=preset.train_split,
+                    val_split=preset.val_split,
+                    scene_seed=preset.scene_seed,
+                    scene_train=preset.scene_train,
+                    scene_val=preset.scene_val,
+                    scene_size=preset.scene_size,
+                    scene_items=preset.scene_items,
+                    scene_scales=preset.scene_scales,
+                    min_size=preset.min_size,
+                    max_size=preset.max_size,
+                    image_mean=mean,
+                    image_std=std,
+                    fashion_mnist_dir=preset.pretrain_data_dir if preset.pretrain_dataset == "fashion-mnist" else "",
+                    backbone=preset.backbone,
+                    depth=preset.depth,
+                    width=preset.width,
+                    backbone_norm=_backbone_norm(preset, v),
+                    pretrained=pretrained,
+                    trainable_layers=preset.trainable_layers if v.pretrained else 5,
+                    fpn_channels=preset.fpn_channels,
+                    fpn_norm=head_norm,
+                    head="4conv1fc" if v.heads == "gn" else "2fc",
+                    head_norm=head_norm,
+                    head_channels=preset.head_channels,
+                    fc_channels=preset.fc_channels,
+                    box_pool=preset.box_pool,
+                    mask_pool=preset.mask_pool,
+                    anchor_size=preset.anchor_size,
+                    rpn_batch_per_image=preset.rpn_batch_per_image,
+                    rpn_pre_nms_train=preset.rpn_pre_nms_train,
+                    rpn_post_nms_train=preset.rpn_post_nms_train,
+                    rpn_pre_nms_test=preset.rpn_pre_nms_test,
+                    rpn_post_nms_test=preset.rpn_post_nms_test,
+                    box_batch_per_image=preset.box_batch_per_image,
+                    detections_per_image=preset.detections_per_image,
+                    images_per_device=preset.images_per_device,
+                    devices=preset.devices,
+                    epochs=preset.epochs if v.pretrained else (preset.scratch_epochs or preset.epochs),
+                    base_lr=preset.base_lr,
+                    warmup_epochs=preset.warmup_epochs,
+                    eval_every=preset.eval_every,
+                    seed=seed,
+                )
+            )
+    return out
+
+
+def run(
+    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
+) -> list[Record]:
+    """Pre-train the backbones, then train and evaluate every detection run not yet finished; return the records."""
+    runs_dir = Path(runs_dir)
+    detection = configs(preset, log)  # rejects a bad preset before anything trains
+    if preset.dataset == "scenes":
+        paths = dataset_paths(detection[0], generate=False)
+        if not paths["val"][1].is_file():
+            log(f"detection: generating the scene dataset in {paths['val'][1].parent.parent} (once)")
+        dataset_paths(detection[0])
+    pre = pretrain_configs(preset)
+    if pre:
+        log(f"detection: pre-training {len(pre)} backbone(s) with the classification engine")
+        run_sweep(pre, runs_dir, jobs=jobs, log=log)
+    log(f"detection: {len(detection)} Mask R-CNN runs")
+    run_sweep(
+        detection,
+        runs_dir,
+        jobs=jobs,
+        log=log,
+        train=train_detection,
+        cost=detection_cost,
+        check=partial(check_detection_configs, runs_dir=runs_dir),
+    )
+    return load_records(runs_dir / NAME)
