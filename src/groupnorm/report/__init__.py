@@ -3,11 +3,14 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from groupnorm.report import batch_sizes
+from groupnorm.report import batch_sizes, detection
 
 __all__ = ["REPORTS", "build_report"]
 
-REPORTS: dict[str, Callable[[Path], Path]] = {"batch-sizes": batch_sizes.build_report}
+REPORTS: dict[str, Callable[[Path], Path]] = {
+    "batch-sizes": batch_sizes.build_report,
+    "detection": detection.build_report,
+}
 
 
 def build_report(experiment: str, experiment_dir: Path) -> Path:

@@ -27,3 +27,17 @@ CIFAR10_REPRO = {
     "bn": {32: 13.6, 16: 13.6, 8: 13.9, 4: 15.2, 2: 19.7},
     "gn": {32: 14.1, 16: 14.3, 8: 14.2, 4: 14.0, 2: 14.2},
 }
+
+# COCO, Mask R-CNN (Sec. 6.1, Tables 4-7): (box AP, mask AP); None where the paper gives none.
+COCO_SOURCE = "Wu & He 2018, Tables 4-7: Mask R-CNN on COCO 2017 val, 8 GPUs x 2 images, ImageNet-pre-trained backbones"
+COCO_FPN = {  # R50-FPN, 1x schedule (Table 5), and from scratch (Table 7, longer schedule)
+    "bn*-plain": (38.6, 34.2),  # BN* backbone, no norm in the heads
+    "bn*": (39.5, 34.4),  # BN* backbone, GN 4conv1fc box head and GN mask head
+    "gn": (40.0, 34.8),  # GN backbone and GN heads
+    "gn-scratch": (39.5, 35.2),  # from scratch, GN, long schedule (Table 7)
+    "syncbn-scratch": (34.5, None),  # from scratch, SyncBN (reported elsewhere, quoted in Table 7)
+}
+COCO_C4 = {"bn*": (37.7, 32.8), "gn": (38.8, 33.6)}  # Table 4: R50-C4
+COCO_TABLE6 = {"bn*": (38.6, 34.5), "gn": (40.3, 35.7), "gn-long": (40.8, 36.1)}  # R50-FPN, GN vs BN*
+COCO_BN_FINETUNE_DROP = 6.0  # fine-tuning BN at 1-2 images/GPU: about 6 AP below BN* (box)
+COCO_BN_HEAD_DROP = 9.0  # BN in the box head: about 9 AP below
