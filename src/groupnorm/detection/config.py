@@ -53,12 +53,12 @@ class DetectionConfig:
     backbone: str = "tvresnet"  # tvresnet (any width) | resnet50 (torchvision's)
     depth: int = 10
     width: int = 16
-    backbone_norm: str = "bn:frozen"  # BN* (bn:frozen), bn (fine-tuned, per device), bn:sync, gn:G, ...
+    backbone_norm: str = "gn"  # BN* (bn:frozen, pre-trained only), bn (per device), bn:sync, gn:G, ...
     pretrained: str = ""  # a classification checkpoint (relative to the runs dir or absolute); "": from scratch
-    trainable_layers: int = 3  # backbone stages trained, from layer4 down (5: all, stem included)
+    trainable_layers: int = 5  # backbone stages trained, from layer4 down (5: all, stem included; 3: Detectron's)
     # FPN and heads
     fpn_channels: int = 256
-    fpn_norm: str = "none"
+    fpn_norm: str = "gn"
     head: str = "4conv1fc"  # 2fc: torchvision's TwoMLPHead | 4conv1fc: the paper's GN box head
     head_norm: str = "gn"  # of the box head's convs (4conv1fc) and the mask head's convs
     head_channels: int = 256  # conv channels of the box (4conv1fc) and mask heads

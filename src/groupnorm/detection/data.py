@@ -100,10 +100,11 @@ class CocoDataset:
         return self.images_dir / self.image_info(index)["file_name"]
 
     def _load(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
 
         info = self.image_info(index)
-        image = decode_image(str(self.image_path(index)), mode=ImageReadMode.RGB)
+        with Image.open(self.image_path(index)) as f:
+            image = torch.from_numpy(np.asarray(f.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
         h, w = image.shape[-2:]
         anns = self._annotations(info["id"])
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -213,9 +214,11 @@ def _covered_after(placed: list[tuple[int, np.ndarray, int]], j: int) -> np.ndar
 
 
 def _encode_png(image: np.ndarray) -> bytes:
-    from torchvision.io import encode_png
+    from PIL import Image
 
-    return encode_png(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()).numpy().tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _write_split(spec: SceneSpec, split: str, out: Path, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:

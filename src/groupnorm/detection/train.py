@@ -95,11 +95,13 @@ def detection_cost(cfg: DetectionConfig) -> float:
     return cfg.epochs * images * pixels * (1.0 + 2.0 / cfg.effective_batch)
 
 
-def check_detection_configs(configs: list[DetectionConfig], runs_dir: Path | str) -> None:
+def check_detection_configs(
+    configs: list[DetectionConfig], runs_dir: Path | str, *, check_weights: bool = True
+) -> None:
     """Reject configs that cannot run, before anything trains: each distinct model is built on the
-    meta device (a norm spec that does not fit a layer raises ValueError, naming it), each
-    pre-trained checkpoint must exist, come from a finished run and fit its backbone, and a
-    COCO folder must hold its annotation files."""
+    meta device (a norm spec that does not fit a layer raises ValueError, naming it), a COCO
+    folder must hold its annotation files, and (``check_weights``) each pre-trained checkpoint
+    must exist, come from a finished run and fit its backbone."""
     seen_models, seen_weights = set(), set()
     for cfg in configs:
         model_key = json.dumps({k: v for k, v in cfg.hashed_fields().items() if k not in ("seed", "variant")})
@@ -115,7 +117,11 @@ def check_detection_configs(configs: list[DetectionConfig], runs_dir: Path | str
                 if not annotations.is_file() or not images_dir.is_dir():
                     raise FileNotFoundError(f"{cfg.id}: COCO split not found: {annotations} and {images_dir}/")
         path = cfg.pretrained_path(runs_dir)
-        if path is None or (path, cfg.backbone, cfg.depth, cfg.width, cfg.backbone_norm) in seen_weights:
+        if (
+            not check_weights
+            or path is None
+            or (path, cfg.backbone, cfg.depth, cfg.width, cfg.backbone_norm) in seen_weights
+        ):
             continue
         seen_weights.add((path, cfg.backbone, cfg.depth, cfg.width, cfg.backbone_norm))
         if not path.is_file():

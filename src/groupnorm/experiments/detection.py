@@ -340,7 +340,8 @@ def run(
 ) -> list[Record]:
     """Pre-train the backbones, then train and evaluate every detection run not yet finished; return the records."""
     runs_dir = Path(runs_dir)
-    detection = configs(preset, log)  # rejects a bad preset before anything trains
+    detection = configs(preset, log)  # rejects a bad preset before anything trains ...
+    check_detection_configs(detection, runs_dir, check_weights=False)  # ... and a model a norm spec does not fit
     if preset.dataset == "scenes":
         paths = dataset_paths(detection[0], generate=False)
         if not paths["val"][1].is_file():

@@ -253,9 +253,11 @@ def _pretrain_section(experiment_dir: Path) -> str:
 
 def _read_rgb(path: str):
     """An image file as float RGB (H, W, 3) in 0..1."""
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image
 
-    return decode_image(path, mode=ImageReadMode.RGB).permute(1, 2, 0).float().div(255).numpy()
+    with Image.open(path) as f:
+        return np.asarray(f.convert("RGB"), dtype=np.float32) / 255
 
 
 def _draw(ax, image, detections: list[dict[str, Any]], names: dict[int, str], cmap) -> None:

@@ -1,0 +1,149 @@
+"""The detection engine end to end on a tiny generated dataset: records, exact resume, the experiment, the report."""
+
+import json
+
+import pytest
+import torch
+
+from groupnorm.cli import main
+from groupnorm.detection import DetectionConfig, train_detection
+from groupnorm.detection import data as data_module
+from groupnorm.detection.train import run_dir_of
+from groupnorm.experiments import detection as experiment
+from groupnorm.train.records import load_checkpoint, load_records
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # inside pycocotools
+]
+
+SIZES = {  # a Mask R-CNN small enough for a test: a few seconds per run on one core
+    "scene_size": 64,
+    "scene_train": 12,
+    "scene_val": 4,
+    "scene_scales": (0.9, 1.6),
+    "width": 8,
+    "fpn_channels": 16,
+    "head_channels": 16,
+    "fc_channels": 32,
+    "anchor_size": 8,
+    "rpn_batch_per_image": 32,
+    "rpn_pre_nms_train": 100,
+    "rpn_post_nms_train": 50,
+    "rpn_pre_nms_test": 100,
+    "rpn_post_nms_test": 50,
+    "box_batch_per_image": 16,
+    "detections_per_image": 20,
+}
+
+
+def tiny(tmp_path, **kw) -> DetectionConfig:
+    base = {
+        **SIZES,
+        "backbone_norm": "gn:4",
+        "fpn_norm": "gn:4",
+        "head_norm": "gn:4",
+        "devices": 2,
+        "epochs": 2,
+        "threads": 1,
+        "data_dir": str(tmp_path.parent / "scenes"),  # shared by the tests of this module
+        "eval_batch": 4,
+        "sample_images": 2,
+    }
+    return DetectionConfig(**{**base, **kw})
+
+
+def test_a_few_iterations_end_to_end(tmp_path):
+    cfg = tiny(tmp_path, eval_every=1)
+    result = train_detection(cfg, tmp_path, log=lambda msg: None)
+    run = run_dir_of(cfg, tmp_path)
+    assert result["status"] == "finished" and result["epochs"] == 2 and result["effective_batch"] == 4
+    for key in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP75"):
+        assert 0.0 <= result[key] <= 100.0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and all("segm_AP" in m for m in metrics)  # eval_every=1
+    assert all(m["loss"] > 0 and m["loss_mask"] > 0 for m in metrics)
+    samples = json.loads((run / "samples.json").read_text())["images"]
+    assert len(samples) == 2 and all(s["file"].endswith(".png") for s in samples)
+    assert set(load_checkpoint(run / "checkpoint.pt")) >= {"model", "optimizer", "epoch", "metrics"}
+    assert json.loads((run / "config.json").read_text())["backbone_norm"] == "gn:4"
+    assert train_detection(cfg, tmp_path) == result  # finished: read back, not retrained
+
+
+def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, backbone_norm="bn", fpn_norm="none", head="2fc", head_norm="none", checkpoint_steps=1)
+    whole = train_detection(cfg, tmp_path / "a", log=lambda msg: None)
+
+    real_epoch = data_module.DetectionLoader.epoch
+    served = {"n": 0}
+
+    def killed_after_4_batches(self, epoch, start_step=0):
+        for batch in real_epoch(self, epoch, start_step):
+            if self.train and served["n"] == 4:
+                raise KeyboardInterrupt  # as a Ctrl-C in the middle of epoch 2
+            served["n"] += self.train
+            yield batch
+
+    monkeypatch.setattr(data_module.DetectionLoader, "epoch", killed_after_4_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train_detection(cfg, tmp_path / "b", log=lambda msg: None)
+    run = run_dir_of(cfg, tmp_path / "b")
+    assert not (run / "result.json").exists() and load_checkpoint(run / "checkpoint.pt")["step"] == 1
+    monkeypatch.setattr(data_module.DetectionLoader, "epoch", real_epoch)
+    logs = []
+    resumed = train_detection(cfg, tmp_path / "b", log=logs.append)
+    assert any("resuming at epoch 2, step 1" in line for line in logs)
+    for key in ("final_loss", "bbox_AP", "segm_AP", "bbox_AP50"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+    sd_a = load_checkpoint(run_dir_of(cfg, tmp_path / "a") / "checkpoint.pt")["model"]
+    sd_b = load_checkpoint(run / "checkpoint.pt")["model"]
+    for k in sd_a:
+        torch.testing.assert_close(sd_a[k], sd_b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_the_experiment_and_its_report_through_the_cli(tmp_path, capsys):
+    """Pre-training (the classification engine), BN* and GN Mask R-CNN, the report: `groupnorm reproduce detection`."""
+    sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in SIZES.items()]
+    sets += [
+        "variants=bn*,gn",
+        "backbone_gn=gn:4",
+        "head_gn=gn:4",
+        "pretrain_images=256",
+        "pretrain_epochs=1",
+        "pretrain_images_per_device=16",
+        "pretrain_devices=2",
+        "devices=2",
+        "epochs=1",
+        "seeds=0",
+        f"data_dir={tmp_path / 'scenes'}",
+    ]
+    argv = ["reproduce", "detection", "--preset", "smoke", "--runs", str(tmp_path / "runs"), "--jobs", "1"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "### Verdict" in out and "GN − BN*" in out
+    exp = tmp_path / "runs" / "detection"
+    recs = load_records(exp)
+    assert sorted(r.config["variant"] for r in recs) == ["bn*", "gn"] and all(r.finished for r in recs)
+    pre = load_records(exp / "pretrain")
+    assert sorted(r.config["norm"] for r in pre) == ["bn", "gn:4"]
+    star = next(r for r in recs if r.config["variant"] == "bn*")
+    assert star.config["pretrained"].startswith("detection/pretrain/") and star.config["trainable_layers"] == 3
+    report = (exp / "report.md").read_text()
+    assert "Tables 4-7" in report and "| BN* | BN* | 4conv1fc, GN (G=4) | pre-trained |" in report
+    assert "39.5" in report and "40.0" in report  # the paper's numbers beside ours
+    assert (exp / "figures" / "samples_main.png").is_file() and (exp / "figures" / "curves_main.png").is_file()
+    rows = json.loads((exp / "summary.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["bn*", "gn"] and rows[0]["seeds"] == [0]
+    assert rows[1]["paper_bbox_AP"] == 40.0 and 0.0 <= rows[1]["segm_AP_mean"] <= 100.0
+    # a second run skips everything finished
+    assert main(argv) == 0
+    assert "2 already finished" in capsys.readouterr().out
+
+
+def test_a_bad_preset_fails_before_anything_trains(tmp_path):
+    with pytest.raises(ValueError, match="variants must be among"):
+        experiment.configs(experiment.Preset(variants=("bn**",)))
+    assert main(["reproduce", "detection", "--runs", str(tmp_path), "--set", "head_gn=gn:5"]) == 2
+    assert not (tmp_path / "detection").exists() or not any((tmp_path / "detection").iterdir())
