@@ -1,6 +1,6 @@
 """Fast GroupNorm kernels behind groupnorm.functional: CPU (C++, built at first use) and GPU (Triton).
 
-    groupnorm.kernels.group_norm_act      # the torch.library op: (y, mean, rstd)
+    groupnorm.kernels.group_norm_act      # (y, mean, rstd); the op groupnorm::group_norm_act when traced
     groupnorm.kernels.backend_for(x)      # "cpu", "triton" or "native": what runs for x
     groupnorm.kernels.cpu.build_info()    # where the CPU library is and how it was built
 
@@ -10,14 +10,15 @@ docs/kernels.md describes the kernels, how they were chosen and what they measur
 
 from groupnorm.kernels import cpu, native
 from groupnorm.kernels._common import ACTIVATIONS, memory_format_of
-from groupnorm.kernels.ops import backend_for, group_norm_act, group_norm_act_backward
+from groupnorm.kernels.ops import backend_for, group_norm_act, group_norm_act_backward_op, group_norm_act_op
 
 __all__ = [
     "ACTIVATIONS",
     "backend_for",
     "cpu",
     "group_norm_act",
-    "group_norm_act_backward",
+    "group_norm_act_backward_op",
+    "group_norm_act_op",
     "memory_format_of",
     "native",
 ]

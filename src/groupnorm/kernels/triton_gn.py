@@ -90,7 +90,7 @@ def _partial_stats_kernel(
     tl.store(pm2_ptr + out, m2, mask=mask_c)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S", "D"])  # S * D must stay a tensor even where both are 1
 def _merge_stats_kernel(
     pmean_ptr, pcorr_ptr, pm2_ptr, mean_ptr, mean_lo_ptr, rstd_ptr, S, C, G, D, NBS, eps,
     BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -182,7 +182,7 @@ def _backward_partial_kernel(
     tl.store(pb_ptr + out, tl.sum(dz * xhat, axis=0), mask=mask_c)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S", "D"])
 def _backward_merge_kernel(
     pa_ptr, pb_ptr, w_ptr, rstd_ptr, a_ptr, b_ptr, c2_ptr, c3_ptr, S, C, G, D, NBS,
     HAS_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -283,12 +283,8 @@ def forward(
     g, d = num_groups, c // num_groups
     nbs, nbc = triton.cdiv(s, block_s), triton.cdiv(c, block_c)
     f32 = {"dtype": torch.float32, "device": x.device}
-    pmean = torch.empty((n, nbs, c), **f32)
-    pcorr = torch.empty((n, nbs, c), **f32)
-    pm2 = torch.empty((n, nbs, c), **f32)
-    mean = torch.empty((n, g), **f32)
-    mean_lo = torch.empty((n, g), **f32)
-    rstd = torch.empty((n, g), **f32)
+    pmean, pcorr, pm2 = torch.empty((3, n, nbs, c), **f32)  # one allocation each: they cost on a GPU
+    mean, mean_lo, rstd = torch.empty((3, n, g), **f32)
     y = torch.empty_like(xc)
     w, b, has_w, has_b = _params(weight, bias, mean)
     grid = (n, nbs, nbc)
@@ -323,12 +319,9 @@ def backward(
     f32 = {"dtype": torch.float32, "device": x.device}
     mean = mean.to(torch.float32).contiguous()
     rstd = rstd.to(torch.float32).contiguous()
-    pa = torch.empty((n, nbs, c), **f32)
-    pb = torch.empty((n, nbs, c), **f32)
-    sum_a = torch.empty((n, c), **f32)
-    sum_b = torch.empty((n, c), **f32)
-    c2 = torch.empty((n, g), **f32)
-    c3 = torch.empty((n, g), **f32)
+    pa, pb = torch.empty((2, n, nbs, c), **f32)
+    sum_a, sum_b = torch.empty((2, n, c), **f32)
+    c2, c3 = torch.empty((2, n, g), **f32)
     dx = torch.empty_like(xc)
     w, b, has_w, has_b = _params(weight, bias, mean)
     act_code = ACT_CODES[act]
