@@ -171,6 +171,8 @@ def bench_layers(args, device: torch.device, dtype: torch.dtype) -> dict[str, li
     shapes = RESNET50 + SD_UNET
     if args.quick:
         shapes = [s for s in shapes if s[0] in QUICK and s[1] == 2]
+    if args.shapes:
+        shapes = [s for s in shapes if any(s[0].startswith(p) for p in args.shapes.split(","))]
     repeats = args.repeats or (5 if args.quick else 9)
     head = (
         f"{'shape':<9}{'N':>3} {'C':>5} {'HxW':>7} {'fmt':<5}| {'fwd ms':>7} {'x eager':>8} {'x timm':>7}"
@@ -398,6 +400,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--only", choices=["layers", "models"], default=None)
+    parser.add_argument("--shapes", default="", help="comma-separated label prefixes, e.g. sd or r50.c2,sd.64")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     x = torch.empty(1, 1, device=device, dtype=dtype)

@@ -68,6 +68,8 @@ if RUN_HERE:  # on a GPU, or in the interpreter process started above
                 w, b = torch.randn(c, device=DEVICE), torch.randn(c, device=DEVICE)
                 y, mean, rstd = T.forward(x, w, b, groups, 1e-5, act)
                 assert y.dtype == dtype and y.stride() == x.stride()
+                # a custom op's outputs may not share storage (torch.compile refuses them)
+                assert len({t.untyped_storage().data_ptr() for t in (y, mean, rstd)}) == 3
                 assert rel_err(y, reference_act(x, groups, w, b, act)) < TOL[dtype], (fmt, act)
                 dy = torch.randn(shape).to(dtype).to(DEVICE)
                 dx, dw, db = T.backward(dy, x, w, b, mean, rstd, groups, act)

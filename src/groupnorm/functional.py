@@ -159,6 +159,8 @@ def group_norm(
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
     spatial = math.prod(x.shape[2:])
+    if x.device.type != "cpu":  # torch's GPU kernels take contiguous inputs only (as F.group_norm does)
+        x = x.contiguous()
     y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, spatial, groups, eps)
     if x.device.type == "cpu" and fmt is not torch.contiguous_format:
         kappa = (mean * rstd).square().amax()

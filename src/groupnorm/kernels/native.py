@@ -56,12 +56,13 @@ def forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """act(GN(x)) with torch.native_group_norm; mean and rstd (N, G) in float32 (float64 for float64 x).
 
-    On the CPU the input is made contiguous first: torch's channels-last CPU kernel takes the
-    variance as E[x^2] - E[x]^2 and loses accuracy for large means; its contiguous one does not.
+    The input is made contiguous first: torch's CUDA kernel takes nothing else, and its
+    channels-last CPU kernel takes the variance as E[x^2] - E[x]^2 and loses accuracy for large
+    means (its contiguous one does not).
     """
     n, c = x.shape[:2]
     fmt = memory_format_of(x)
-    xc = x.contiguous() if x.device.type == "cpu" else x.contiguous(memory_format=fmt)
+    xc = x.contiguous()
     w, b = _native_params(x, weight, bias)
     y, mean, rstd = torch.native_group_norm(xc, w, b, n, c, math.prod(x.shape[2:]), num_groups, eps)
     y = activation(y, act).contiguous(memory_format=fmt)

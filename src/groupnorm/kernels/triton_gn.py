@@ -283,8 +283,13 @@ def forward(
     g, d = num_groups, c // num_groups
     nbs, nbc = triton.cdiv(s, block_s), triton.cdiv(c, block_c)
     f32 = {"dtype": torch.float32, "device": x.device}
-    pmean, pcorr, pm2 = torch.empty((3, n, nbs, c), **f32)  # one allocation each: they cost on a GPU
-    mean, mean_lo, rstd = torch.empty((3, n, g), **f32)
+    # one workspace for what is not returned (allocations cost on a GPU); mean and rstd are
+    # returned by the op, which may not return views of one another
+    work = torch.empty(3 * n * nbs * c + n * g, **f32)
+    pmean, pcorr, pm2 = work[: 3 * n * nbs * c].view(3, n, nbs, c)
+    mean_lo = work[3 * n * nbs * c :].view(n, g)
+    mean = torch.empty((n, g), **f32)
+    rstd = torch.empty((n, g), **f32)
     y = torch.empty_like(xc)
     w, b, has_w, has_b = _params(weight, bias, mean)
     grid = (n, nbs, nbc)
