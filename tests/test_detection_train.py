@@ -1,15 +1,22 @@
 """The detection engine end to end on a tiny generated dataset: records, exact resume, the experiment, the report."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from groupnorm.cli import main
-from groupnorm.detection import DetectionConfig, train_detection
+from groupnorm.detection import DetectionConfig, build_mask_rcnn, evaluate_detector, open_datasets, train_detection
 from groupnorm.detection import data as data_module
+from groupnorm.detection.__main__ import main as detection_main
 from groupnorm.detection.train import run_dir_of
 from groupnorm.experiments import detection as experiment
+from groupnorm.train import distributed
 from groupnorm.train.records import load_checkpoint, load_records
 
 pytestmark = [
@@ -149,3 +156,50 @@ def test_a_bad_preset_fails_before_anything_trains(tmp_path):
         experiment.configs(experiment.Preset(variants=("bn**",)))
     assert main(["reproduce", "detection", "--runs", str(tmp_path), "--set", "head_gn=gn:5"]) == 2
     assert not (tmp_path / "detection").exists() or not any((tmp_path / "detection").iterdir())
+
+
+def _sets(cfg_kw: dict) -> list[str]:
+    out = []
+    for k, v in cfg_kw.items():
+        out += ["--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"]
+    return out
+
+
+def test_one_run_from_the_command_line(tmp_path, capsys):
+    kw = {**SIZES, "backbone_norm": "gn:4", "fpn_norm": "gn:4", "head_norm": "gn:4", "devices": 2, "epochs": 1}
+    kw["data_dir"] = str(tmp_path.parent / "scenes")
+    assert detection_main(["--runs", str(tmp_path), *_sets(kw)]) == 0
+    assert "box AP" in capsys.readouterr().out
+    assert detection_main(["--runs", str(tmp_path), "--set", "head=x"]) == 2
+    assert "head must be one of 2fc, 4conv1fc; got 'x'" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_train_and_evaluate_together(tmp_path):
+    """2 gloo processes, 1 device each: DDP training, every validation image evaluated once, on rank 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kw = {**SIZES, "backbone_norm": "bn", "fpn_norm": "gn:4", "head_norm": "gn:4", "devices": 2, "epochs": 1}
+    kw["data_dir"] = str(tmp_path / "scenes")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += ["-m", "groupnorm.detection", "--runs", str(tmp_path / "runs"), *_sets(kw)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result_path,) = (tmp_path / "runs" / "detection").glob("*/result.json")
+    result = json.loads(result_path.read_text())
+    assert result["processes"] == 2 and result["effective_batch"] == 4 and result["status"] == "finished"
+    assert result["bbox_AP"] is not None and proc.stdout.count("(COCOeval, %)") == 1  # printed by rank 0 only
+    # rank 0 evaluated the predictions of both ranks: one process evaluating the final weights agrees
+    cfg = DetectionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(
+        (result_path.parent / "config.json").read_text()).items()})  # fmt: skip
+    train_set, val_set = open_datasets(cfg)
+    model = build_mask_rcnn(cfg, train_set.num_classes, devices=1)
+    model.load_state_dict(load_checkpoint(result_path.parent / "checkpoint.pt")["model"])
+    metrics, results = evaluate_detector(model, val_set, distributed.Dist(0, 1, 0, torch.device("cpu")))
+    recorded = json.loads((result_path.parent / "metrics.jsonl").read_text().splitlines()[-1])
+    assert recorded["val_detections"] == len(results) > 0
+    assert 100 * metrics["bbox"]["AP"] == pytest.approx(result["bbox_AP"], abs=1e-6)
+    assert 100 * metrics["segm"]["AP50"] == pytest.approx(result["segm_AP50"], abs=1e-6)

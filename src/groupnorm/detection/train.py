@@ -3,7 +3,7 @@
     from groupnorm.detection import DetectionConfig, train_detection
     result = train_detection(DetectionConfig(backbone_norm="gn:8", ...), runs_dir="runs")
 
-    torchrun --nproc_per_node 8 -m groupnorm.detection --set devices=8 ...    # 8 real devices
+    torchrun --nproc_per_node 8 -m groupnorm.detection --set devices=8 ...   # 8 real devices (see __main__)
 
 As the classification engine (groupnorm.train.loop): with ``devices`` D over W processes each
 process holds D/W virtual devices and B x D/W images per step (B = images_per_device); a
@@ -376,6 +376,7 @@ def _train(cfg, ctx, runs_dir, run_dir, log, progress) -> dict[str, Any]:
             te = time.perf_counter()
             metrics, results = evaluate_detector(model, val_set, ctx, cfg.eval_batch)
             entry.update(_flat_metrics(metrics))
+            entry["val_detections"] = len(results)
             entry["eval_seconds"] = time.perf_counter() - te
             if ctx.is_main and last_epoch:
                 atomic_write_json(run_dir / "samples.json", {"images": _samples(val_set, results, cfg.sample_images)})
