@@ -40,7 +40,7 @@ DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # output pass finds them still in the L2 cache (2 MB per core where this was measured).
 WAVE_BYTES_PER_THREAD = 1 << 20
 # In channels-last tasks each row of a task's block of channels is at least this wide.
-ROW_BYTES = 512
+ROW_BYTES = 1024
 MODES = {"auto": 0, "tasks": 1, "split": 2}
 
 _lock = threading.Lock()
