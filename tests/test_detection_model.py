@@ -176,3 +176,22 @@ def test_check_rejects_indivisible_norms_and_missing_or_unfinished_pretraining(t
     check_detection_configs([cfg], tmp_path)
     with pytest.raises(ValueError, match="same norm"):
         check_detection_configs([cfg.replace(backbone_norm="gn:4")], tmp_path)
+
+
+def test_torchvision_imagenet_style_weights_load_and_replace_pretraining(tmp_path):
+    """A torchvision ResNet-50 state dict (what its ImageNet .pth holds) is a BN checkpoint for the paper preset."""
+    import torchvision
+
+    from groupnorm.experiments import detection as experiment
+
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    body = build_model("resnet50", norm="bn:frozen", num_classes=1, in_channels=3)
+    assert load_backbone_weights(body, path) == ["fc.weight", "fc.bias"]  # all but the classifier
+    preset = experiment.Preset(variants=("bn*", "bn", "gn"), bn_checkpoint=str(path), seeds=(0,))
+    assert [c.norm for c in experiment.pretrain_configs(preset)] == [preset.backbone_gn]  # BN is not pre-trained
+    by_variant = {c.variant: c.pretrained for c in experiment.configs(preset)}
+    assert by_variant["bn*"] == by_variant["bn"] == str(path)
+    assert by_variant["gn"].startswith("detection/pretrain/")
+    with pytest.raises(FileNotFoundError, match="gn_checkpoint not found"):
+        experiment.configs(experiment.Preset(gn_checkpoint=str(tmp_path / "nope.pt")))
