@@ -195,3 +195,21 @@ def test_torchvision_imagenet_style_weights_load_and_replace_pretraining(tmp_pat
     assert by_variant["gn"].startswith("detection/pretrain/")
     with pytest.raises(FileNotFoundError, match="gn_checkpoint not found"):
         experiment.configs(experiment.Preset(gn_checkpoint=str(tmp_path / "nope.pt")))
+
+
+def test_every_preset_builds(tmp_path):
+    """The structural check (each model on the meta device) passes for every preset, the paper's included."""
+    from groupnorm.experiments import detection as experiment
+    from groupnorm.experiments.overrides import apply_overrides
+
+    coco = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        (coco / split).mkdir(parents=True)
+        (coco / "annotations").mkdir(exist_ok=True)
+        (coco / "annotations" / f"instances_{split}.json").write_text("{}")
+    for name, preset in experiment.PRESETS.items():
+        if name == "paper":
+            preset = apply_overrides(preset, [f"data_dir={coco}", f"pretrain_data_dir={tmp_path}"])
+        cfgs = experiment.configs(preset)
+        assert len(cfgs) == len(preset.variants) * len(preset.seeds)
+        check_detection_configs(cfgs, tmp_path, check_weights=False)
