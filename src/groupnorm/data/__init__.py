@@ -1,5 +1,6 @@
-"""Datasets: Fashion-MNIST (IDX), CIFAR-10 (binary), ImageFolder; small ones held in memory as tensors."""
+"""Datasets: Fashion-MNIST (IDX), CIFAR-10 (binary), ImageFolder, video clips; small ones held in memory."""
 
+from groupnorm.data import clips  # registers the clip datasets (moving-fashion-t*, clips-t*)
 from groupnorm.data.cifar10 import find_cifar10, load_cifar10
 from groupnorm.data.datasets import LOADERS, ImageData, dataset_shape, load_image_data, register_dataset
 from groupnorm.data.fashion_mnist import download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
@@ -14,6 +15,7 @@ __all__ = [
     "ImageData",
     "MemoryLoader",
     "augment_batch",
+    "clips",
     "dataset_shape",
     "download_fashion_mnist",
     "find_cifar10",

@@ -85,9 +85,10 @@ class MemoryLoader:
         world: int = 1,
         channels_last: bool = False,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
+        if images.dtype != torch.uint8 or images.dim() not in (4, 5):
             raise ValueError(
-                f"MemoryLoader: images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}"
+                "MemoryLoader: images must be uint8 (N, C, H, W) or clips (N, C, T, H, W); "
+                f"got {images.dtype} {tuple(images.shape)}"
             )
         if len(images) != len(labels):
             raise ValueError(f"MemoryLoader: {len(images)} images but {len(labels)} labels")

@@ -2,8 +2,8 @@
 
 from types import ModuleType
 
-from groupnorm.experiments import batch_sizes, detection
+from groupnorm.experiments import batch_sizes, detection, video
 
 __all__ = ["EXPERIMENTS"]
 
-EXPERIMENTS: dict[str, ModuleType] = {batch_sizes.NAME: batch_sizes, detection.NAME: detection}
+EXPERIMENTS: dict[str, ModuleType] = {batch_sizes.NAME: batch_sizes, detection.NAME: detection, video.NAME: video}

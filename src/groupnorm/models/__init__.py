@@ -12,6 +12,7 @@ from functools import partial
 from torch import nn
 
 from groupnorm.convert import zero_init_last_gamma
+from groupnorm.models import resnet3d
 from groupnorm.models.cifar_resnet import BasicBlock, CifarResNet
 from groupnorm.models.tv_resnet import TorchvisionStyleResNet
 from groupnorm.nn.spec import NormSpec, OnIndivisible, conv_layer, make_norm, parse_norm_spec
@@ -55,7 +56,12 @@ def _tvresnet(spec, num_classes, in_channels, devices, on_indivisible, *, depth=
 
 
 # name -> builder(spec, num_classes, in_channels, devices, on_indivisible, *, depth, width)
-MODELS: dict[str, Callable[..., nn.Module]] = {"resnet": _resnet, "resnet50": _resnet50, "tvresnet": _tvresnet}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet": _resnet,
+    "resnet50": _resnet50,
+    "tvresnet": _tvresnet,
+    **resnet3d.BUILDERS,  # resnet3d, resnet3d-inflated, i3d-resnet50: clips (N, C, T, H, W)
+}
 
 
 def build_model(
