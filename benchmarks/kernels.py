@@ -59,14 +59,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds after a warm-up.
+def timed(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall seconds and median process CPU seconds per call of each fn, in interleaved rounds.
 
-    On a GPU each sample times enough back-to-back calls to last about 2 ms.
+    CPU seconds (all threads of this process, from time.process_time) leave out the time the
+    threads wait for a core while others' jobs run: on a shared machine they show the work a
+    variant does when wall times mostly show the load. On a GPU each sample times enough
+    back-to-back calls to last about 2 ms, and only wall times mean anything.
     """
     inner = {}
     for name, fn in fns.items():
-        fn()
+        if warmup or device.type == "cuda":
+            fn()
         sync(device)
         if device.type == "cuda":
             t0 = time.perf_counter()
@@ -75,16 +81,18 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.devi
             inner[name] = max(1, min(200, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
         else:
             inner[name] = 1
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(inner[name]):
                 fn()
             sync(device)
-            samples[name].append((time.perf_counter() - t0) / inner[name])
-    return {k: statistics.median(v) for k, v in samples.items()}
+            wall[name].append((time.perf_counter() - t0) / inner[name])
+            cpu[name].append((time.process_time() - c0) / inner[name])
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def graph_timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -192,9 +200,9 @@ def bench_layers(args, device: torch.device, dtype: torch.dtype) -> dict[str, li
             v = layer_variants(c, device, dtype)
             fwd = {k: no_grad(fn, x) for k, fn in v.items()}
             fwd["copy"] = x.clone
-            tf = timed(fwd, repeats, device)
+            tf, cf = timed(fwd, repeats, device)
             fb = {k: fwd_bwd(fn, xr, dy) for k, fn in v.items()}
-            tb = timed(fb, repeats, device)
+            tb, cb = timed(fb, repeats, device)
             if device.type == "cuda":  # device time alone, without Python and launch overhead
                 gf = graph_timed({k: fwd[k] for k in ("ours", "eager", "timm") if k in fwd}, repeats)
                 gb = graph_timed({k: fb[k] for k in ("ours", "eager", "timm") if k in fb}, repeats)
@@ -210,6 +218,14 @@ def bench_layers(args, device: torch.device, dtype: torch.dtype) -> dict[str, li
             if "timm" in v:
                 row["fwd_timm"] = tf["timm"] / tf["ours"]
                 row["fb_timm"] = tb["timm"] / tb["ours"]
+            if device.type == "cpu":  # the same ratios in CPU seconds (see timed)
+                row["cpu:fb_eager"] = cb["eager"] / cb["ours"]
+                row["cpu:fwd_eager"] = cf["eager"] / cf["ours"]
+                row["cpu:gn_fwd"] = cf["native_gn"] / cf["ours_gn"]
+                row["cpu:gn_fb"] = cb["native_gn"] / cb["ours_gn"]
+                row["cpu:bw_copy"] = cf["copy"] / cf["ours"]
+                if "timm" in v:
+                    row["cpu:fb_timm"] = cb["timm"] / cb["ours"]
             if device.type == "cuda":
                 for key, t in (("gfwd", gf), ("gfb", gb)):
                     row[f"{key}_eager"] = t["eager"] / t["ours"]
@@ -238,19 +254,21 @@ def summarize(out: dict[str, list[float]], device: torch.device) -> None:
     def gmean(v: list[float]) -> float:
         return math.exp(sum(math.log(t) for t in v) / len(v))
 
-    print("\nsummary over shapes (geometric mean, min):")
+    print("\nsummary over shapes (geometric mean, min); cpu: = the same ratios in process CPU seconds:")
     targets = {"fb_eager": 1.3, "gn_fwd": 1.0, "gn_fb": 1.0, "bw_copy": 0.8} if device.type == "cpu" else {}
     keys = ("fwd_eager", "fb_eager", "fwd_timm", "fb_timm", "gn_fwd", "gn_fb", "bw_copy")
     if device.type == "cuda":
         keys += ("gfwd_eager", "gfb_eager", "gfwd_timm", "gfb_timm")
+    else:
+        keys += ("cpu:fwd_eager", "cpu:fb_eager", "cpu:fb_timm", "cpu:gn_fwd", "cpu:gn_fb", "cpu:bw_copy")
     for key in keys:
         for fname in FORMATS:
             v = out.get(f"{key}.{fname}")
             if not v:
                 continue
-            target = targets.get(key)
+            target = targets.get(key.removeprefix("cpu:"))
             note = f"   (target >= {target})" if target else ""
-            print(f"  {key:<10}{fname:<5} gmean {gmean(v):5.2f}  min {min(v):5.2f}{note}")
+            print(f"  {key:<14}{fname:<5} gmean {gmean(v):5.2f}  min {min(v):5.2f}{note}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +384,7 @@ def bench_memory(args, device: torch.device, dtype: torch.dtype) -> None:
         print(f"  {k:<6} {kept[k] / 2**20:8.1f} MiB  ({kept[k] / x.numel() / x.element_size():.2f} x input)"
               f"  ours / {k} = {kept['ours'] / kept[k]:.2f}")  # fmt: skip
 
-    repeats = args.model_repeats or (2 if args.quick else 3)
+    repeats = args.model_repeats or (1 if args.quick else 2)
     models = {"resnet50-gn": (resnet50, (2, 3, 224, 224)), "sd-unet-blocks": (sd_stack, (2, 320, 64, 64))}
     print(f"\nforward+backward of whole models at batch 2 (median of {repeats}); memory kept for backward")
     print("(saved storages, parameters excluded)" + (" and peak allocated (CUDA)" if device.type == "cuda" else ""))
@@ -380,7 +398,8 @@ def bench_memory(args, device: torch.device, dtype: torch.dtype) -> None:
                 nets[k] = build(norm_act_factory(k)).to(device, dtype).to(memory_format=fmt)
             res = {k: model_memory(net, x, device) for k, net in nets.items()}
 
-            times = timed({k: partial(train_step, net, x) for k, net in nets.items()}, repeats, device)
+            # model_memory ran every net once: that was the warm-up
+            times, _ = timed({k: partial(train_step, net, x) for k, net in nets.items()}, repeats, device, warmup=False)
             for k in kinds:
                 kept_bytes, peak = res[k]
                 extra = f"  peak {peak / 2**20:8.1f} MiB ({res['ours'][1] / peak:.2f})" if device.type == "cuda" else ""
