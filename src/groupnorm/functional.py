@@ -39,9 +39,10 @@ _aten = torch.ops.aten
 # the variance as E[x^2] - E[x]^2 in float32, loses more than ~1e-5 of relative accuracy
 # (measured: error ~ 6e-7 * kappa); such inputs are shifted by their group means first.
 _ILL_CONDITIONED = 16.0
-# CPU float32 / bfloat16 group_norm runs groupnorm.kernels (accurate, and measured at least
-# as fast as torch's native kernel: docs/kernels.md); False restores torch's native kernel.
-_CPU_KERNEL_FOR_GROUP_NORM = True
+# Memory formats in which CPU float32 / bfloat16 group_norm runs groupnorm.kernels instead of
+# torch's kernel: channels-last, where torch's kernel is inaccurate (and ours as fast or faster);
+# not NCHW, where torch's is accurate and ours was not faster in the forward (docs/kernels.md).
+_CPU_KERNEL_FORMATS = (torch.channels_last, torch.channels_last_3d)
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,14 +137,14 @@ def group_norm(
         float32 (float64 for float64 x), so float16 inputs whose squares overflow float16
         give correct outputs.
 
-    Dispatch: on the CPU, float32 and bfloat16 inputs go to groupnorm's own kernel
-    (groupnorm.kernels, the identity case of :func:`group_norm_act`), which is accurate in
-    every memory format and at least as fast as torch's (docs/kernels.md has the numbers).
-    Elsewhere torch's native kernel runs, except where it is inaccurate: on the CPU in
-    channels-last layouts it takes the variance as E[x^2] - E[x]^2, which cancels
-    catastrophically when a group's mean is large against its spread (x = 1e4 + N(0, 1) gives
-    errors of order 100). There the mean and std it returns flag the group, and the input is
-    shifted by its group means (GN is invariant to such shifts) before a second native pass.
+    Dispatch: torch's native kernel runs, except on the CPU in channels-last layouts, where it
+    takes the variance as E[x^2] - E[x]^2, which cancels catastrophically when a group's mean
+    is large against its spread (x = 1e4 + N(0, 1) gives errors of order 100). There float32
+    and bfloat16 inputs go to groupnorm's own kernel (groupnorm.kernels, the identity case of
+    :func:`group_norm_act`), accurate and as fast (docs/kernels.md); other dtypes, or a CPU
+    where that kernel cannot be built, get torch's kernel with a check: the mean and std it
+    returns flag ill-conditioned groups, and the input is shifted by its group means (GN is
+    invariant to such shifts) before a second native pass.
     """
     fn = "group_norm"
     _check_input(fn, x)
@@ -155,7 +156,7 @@ def group_norm(
     fmt = memory_format_of(x)
     if x.numel() == 0:
         return torch.empty_like(x)  # preserve_format keeps the strides
-    if _CPU_KERNEL_FOR_GROUP_NORM and kernels.cpu.supports(x) and kernels.cpu.available():
+    if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
     spatial = math.prod(x.shape[2:])
