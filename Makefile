@@ -26,6 +26,8 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/kernels.py --quick
+	$(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache
