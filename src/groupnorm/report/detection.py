@@ -422,6 +422,29 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
     return "".join(out), rows
 
 
+def _values(configs: list[dict[str, Any]], key: str, unit: str = "") -> str:
+    """A setting as recorded: its value, or each value where the runs differ."""
+    vals = sorted({str(c.get(key)) for c in configs})
+    return " / ".join(v + unit for v in vals)
+
+
+def _recipe(configs: list[dict[str, Any]]) -> str:
+    """The recipe paragraph, from what the runs recorded (not from what the presets say)."""
+    base = sorted({c["base_lr"] for c in configs})
+    vs_paper = "the paper's" if base == [0.02] else "the paper's is 0.02"
+    milestones = " / ".join(sorted({", ".join(f"{m:.0%}" for m in c["milestones"]) for c in configs}))
+    return (
+        "torchvision's Mask R-CNN (ResNet-FPN backbone, RPN, RoIAlign box and mask heads) trained with the paper's "
+        f"recipe: SGD momentum {_values(configs, 'momentum')}, lr {_values(configs, 'base_lr')} per "
+        f"{_values(configs, 'reference_batch')} images ({vs_paper}; scaled linearly with the batch) after a linear "
+        f"warm-up from a third, /10 at {milestones} of training; weight decay "
+        f"{_values(configs, 'weight_decay')}, and {_values(configs, 'norm_weight_decay')} on the norms' gamma and "
+        f"beta; {_values(configs, 'images_per_device')} images per (virtual) device, BN statistics per device. "
+        "Evaluated by pycocotools' COCOeval on the validation split. BN* is BN frozen into an affine (the paper's "
+        "baseline); 'BN, fine-tuned' trains BN with statistics over each device's images.\n\n"
+    )
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
@@ -441,11 +464,7 @@ def build_report(experiment_dir: Path | str) -> Path:
         f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report detection`"
         + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
         + ".\n\n",
-        "torchvision's Mask R-CNN (ResNet-FPN backbone, RPN, RoIAlign box and mask heads) trained with the paper's "
-        "recipe: SGD momentum 0.9, lr 0.02 per 16 images (linear scaling) with warm-up and two steps of /10, weight "
-        "decay 1e-4 and none on the norms' gamma and beta, 2 images per (virtual) device; BN statistics per device. "
-        "Evaluated by pycocotools' COCOeval on the validation split. BN* is BN frozen into an affine (the paper's "
-        "baseline); 'BN, fine-tuned' trains BN with statistics over each device's 2 images.\n\n",
+        _recipe([r.config for r in recs]),
     ]
     rows: list[dict[str, Any]] = []
     for setting in sorted(by_setting, key=str):
