@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from groupnorm.cli import main
 from groupnorm.experiments import EXPERIMENTS, video
@@ -16,11 +17,26 @@ from groupnorm.train import TrainConfig, train_run
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """One cache for the module: the clips are generated once."""
+    """One cache for the module: the clips are generated once; compiled kernels are shared with the usual cache
+    (so they are not rebuilt here)."""
+    from groupnorm.io import cache_dir
+
     path = tmp_path_factory.mktemp("cache")
+    kernels = cache_dir() / "kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
+    (path / "kernels").symlink_to(kernels, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GROUPNORM_CACHE", str(path))
         yield path
+
+
+@pytest.fixture
+def single_thread():
+    """Runs in this process (--jobs 1) single-threaded, as a sweep's workers are."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_registered_with_the_cli_and_the_reports():
@@ -76,9 +92,9 @@ def test_two_clip_folders_do_not_share_records(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache, capsys):
+def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache, capsys, single_thread):
     runs = tmp_path / "runs"
-    assert main(["reproduce", "video", "--preset", "smoke", "--runs", str(runs)]) == 0
+    assert main(["reproduce", "video", "--preset", "smoke", "--runs", str(runs), "--jobs", "1"]) == 0
     exp = runs / "video"
     run_dirs = sorted(p.parent for p in exp.glob("*/result.json"))
     assert len(run_dirs) == 6
@@ -100,14 +116,14 @@ def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache,
 
     stamps = {d: (d / "result.json").stat().st_mtime_ns for d in run_dirs}
     evals = {d: (d / "eval.json").stat().st_mtime_ns for d in run_dirs}
-    assert main(["reproduce", "video", "--preset", "smoke", "--runs", str(runs)]) == 0
+    assert main(["reproduce", "video", "--preset", "smoke", "--runs", str(runs), "--jobs", "1"]) == 0
     assert "6 already finished" in capsys.readouterr().out
     assert all((d / "result.json").stat().st_mtime_ns == stamps[d] for d in run_dirs)
     assert all((d / "eval.json").stat().st_mtime_ns == evals[d] for d in run_dirs)
 
 
 @pytest.mark.slow
-def test_resnet3d_inflated_pretrains_its_2d_source_once(tmp_path, cache, monkeypatch):
+def test_resnet3d_inflated_pretrains_its_2d_source_once(tmp_path, cache, monkeypatch, single_thread):
     monkeypatch.setitem(video.PRETRAIN, "train_images", 256)
     monkeypatch.setitem(video.PRETRAIN, "val_images", 128)
     monkeypatch.setitem(video.PRETRAIN, "epochs", 1)
@@ -210,3 +226,15 @@ def test_verdict_says_plainly_when_it_does_not_hold(tmp_path):
 def test_report_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="groupnorm reproduce video"):
         build_report(tmp_path)
+
+
+def test_full_grid_compares_8_to_4_as_the_paper_and_reports_2_too(tmp_path):
+    from groupnorm.report.video import batch_axis, paper_column
+
+    cols = [(8, 8), (8, 4), (8, 2), (16, 8), (16, 4), (16, 2)]
+    assert batch_axis({8, 4, 2}) == (8, 4) and batch_axis({4, 2}) == (4, 2) and batch_axis({4}) == (4, 4)
+    assert [paper_column(c, cols) for c in cols] == [(32, 8), (32, 4), None, None, (64, 4), None]
+    exp = tmp_path / "video"
+    _table(exp, {(n, t, b): [70.0 + b + (t == 16)] for n in ("bn", "gn:8") for t, b in cols})
+    text = build_report(exp).read_text()
+    assert "From 8 to 4 clips per device" in text and "From 8 to 2 clips per device: BN -6.00, GN -6.00" in text

@@ -166,6 +166,7 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
                         depth=preset.depth,
                         width=preset.width,
                         norm=norm,
+                        zero_init_last=preset.model != "resnet3d-inflated",  # pretrained gammas are kept
                         images_per_device=per_device,
                         devices=preset.devices,
                         seed=seed,

@@ -123,17 +123,27 @@ def columns(cells: dict[tuple[str, int, int], VideoCell]) -> list[tuple[int, int
     return sorted({(t, b) for _, t, b in cells}, key=lambda tb: (tb[0], -tb[1]))
 
 
+def batch_axis(per_device: list[int] | set[int]) -> tuple[int, int]:
+    """(most, fewer) clips per device to compare, as the paper's 8 and 4: those values where the grid has
+    them, else its largest and the next one down."""
+    values = sorted(set(per_device))
+    most = 8 if 8 in values else values[-1]
+    below = [b for b in values if b < most]
+    fewer = 4 if 4 in below else (below[-1] if below else most)
+    return most, fewer
+
+
 def paper_column(col: tuple[int, int], cols: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """The paper's column that ours scales down: the shortest clips at the most and the fewest clips per
-    device are its 32/8 and 32/4, the longest clips at the fewest clips per device its 64/4."""
+    """The paper's column that ours scales down: the shortest clips at the most and the fewer clips per
+    device (:func:`batch_axis`) are its 32/8 and 32/4, the longest clips at the fewer clips its 64/4."""
     frames = sorted({t for t, _ in cols})
-    per_device = sorted({b for _, b in cols})
-    short, long_, fewest, most = frames[0], frames[-1], per_device[0], per_device[-1]
-    mapping = {(short, fewest): (32, 4)}
-    if most != fewest:
+    most, fewer = batch_axis({b for _, b in cols})
+    short, long_ = frames[0], frames[-1]
+    mapping = {(short, fewer): (32, 4)}
+    if most != fewer:
         mapping[(short, most)] = (32, 8)
     if long_ != short:
-        mapping[(long_, fewest)] = (64, 4)
+        mapping[(long_, fewer)] = (64, 4)
     return mapping.get(col)
 
 
@@ -142,13 +152,14 @@ def _fmt(values: list[float]) -> str:
     if math.isnan(m):
         return "–"
     n = sum(not math.isnan(v) for v in values)
-    return f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}"
+    return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
 
 
 def _noise(diff: float, sd: float, n: int) -> str:
     if n < 2:
         return "one seed: no estimate of seed noise"
-    return f"{'beyond' if abs(diff) > 2 * sd else 'within'} seed noise (2 sd = {2 * sd:.2f})"
+    few = ", a rough estimate from 2 seeds" if n == 2 else ""
+    return f"{'beyond' if abs(diff) > 2 * sd else 'within'} seed noise (2 sd = {2 * sd:.2f}{few})"
 
 
 def num_classes(cells: dict[tuple[str, int, int], VideoCell]) -> int | None:
@@ -172,6 +183,7 @@ def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: st
         return ["BN and GN share no (clip length, clips per device) setting here; nothing to compare."]
     short = min(t for t, _ in cols)
     per_device = sorted({b for t, b in cols if t == short})
+    most, fewer = batch_axis(per_device)
     n = min(len(c.records) for c in cells.values())
 
     def diff(a: VideoCell, b: VideoCell) -> tuple[float, float]:
@@ -179,29 +191,31 @@ def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: st
         return mb - ma, math.hypot(sa, sb)
 
     lines, bn_drop, gn_drop = [], None, None
-    if len(per_device) >= 2:
-        most, fewest = per_device[-1], per_device[0]
-        bn_drop, sd_b = diff(cells[(bn, short, most)], cells[(bn, short, fewest)])
-        gn_drop, sd_g = diff(cells[(gn, short, most)], cells[(gn, short, fewest)])
+    if most != fewer:
+        bn_drop, sd_b = diff(cells[(bn, short, most)], cells[(bn, short, fewer)])
+        gn_drop, sd_g = diff(cells[(gn, short, most)], cells[(gn, short, fewer)])
         lines.append(
-            f"- From {most} to {fewest} clips per device ({short}-frame clips), BN's top-1 changes by "
+            f"- From {most} to {fewer} clips per device ({short}-frame clips), BN's top-1 changes by "
             f"{bn_drop:+.2f} points ({_noise(bn_drop, sd_b, n)}); paper, 32 frames, 8 to 4 per GPU: −1.2."
         )
         lines.append(f"- GN's changes by {gn_drop:+.2f} points ({_noise(gn_drop, sd_g, n)}); paper: −0.2.")
-    fewest = per_device[0]
-    gap, sd = diff(cells[(bn, short, fewest)], cells[(gn, short, fewest)])
+        for b in (b for b in per_device if b < fewer):
+            bn_more, _ = diff(cells[(bn, short, most)], cells[(bn, short, b)])
+            gn_more, _ = diff(cells[(gn, short, most)], cells[(gn, short, b)])
+            lines.append(f"- From {most} to {b} clips per device: BN {bn_more:+.2f}, GN {gn_more:+.2f} points.")
+    gap, sd = diff(cells[(bn, short, fewer)], cells[(gn, short, fewer)])
     lines.append(
-        f"- At {fewest} clips per device GN − BN is {gap:+.2f} points of top-1 ({_noise(gap, sd, n)}); "
+        f"- At {fewer} clips per device GN − BN is {gap:+.2f} points of top-1 ({_noise(gap, sd, n)}); "
         "paper, 32 frames at 4 per GPU: +0.7."
     )
     long_ = max(t for t, _ in cols)
     gap_long = None
-    if long_ != short and (bn, long_, fewest) in cells and (gn, long_, fewest) in cells:
-        bn_gain, sd_b = diff(cells[(bn, short, fewest)], cells[(bn, long_, fewest)])
-        gn_gain, sd_g = diff(cells[(gn, short, fewest)], cells[(gn, long_, fewest)])
-        gap_long, sd_l = diff(cells[(bn, long_, fewest)], cells[(gn, long_, fewest)])
+    if long_ != short and (bn, long_, fewer) in cells and (gn, long_, fewer) in cells:
+        bn_gain, sd_b = diff(cells[(bn, short, fewer)], cells[(bn, long_, fewer)])
+        gn_gain, sd_g = diff(cells[(gn, short, fewer)], cells[(gn, long_, fewer)])
+        gap_long, sd_l = diff(cells[(bn, long_, fewer)], cells[(gn, long_, fewer)])
         lines.append(
-            f"- Longer clips ({short} to {long_} frames, {fewest} per device): BN {bn_gain:+.2f}, GN {gn_gain:+.2f} "
+            f"- Longer clips ({short} to {long_} frames, {fewer} per device): BN {bn_gain:+.2f}, GN {gn_gain:+.2f} "
             f"points; GN − BN at {long_} frames {gap_long:+.2f} ({_noise(gap_long, sd_l, n)}). "
             "Paper, 32 to 64 frames: BN +1.2, GN +1.7, GN − BN +1.2."
         )
@@ -210,19 +224,19 @@ def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: st
     if robust and wins:
         summary = (
             "**Table 8's direction holds here**: BN loses more than GN when the clips per device halve, "
-            "and GN is ahead at the fewest clips per device."
+            "and GN is ahead with fewer clips per device."
         )
     elif robust or wins:
         summary = "**Table 8's direction holds in part**: " + (
             "BN loses more than GN when the clips per device halve, but GN is not ahead of BN there."
             if robust
-            else "GN is ahead of BN at the fewest clips per device, but BN does not lose more than GN "
+            else "GN is ahead of BN with fewer clips per device, but BN does not lose more than GN "
             "when the clips per device halve."
         )
     else:
         summary = (
             "**Table 8's direction does not hold here**: BN does not lose more than GN when the clips per "
-            "device halve, and GN is not ahead at the fewest clips per device."
+            "device halve, and GN is not ahead with fewer clips per device."
         )
     lines.append(
         f"\n{summary} The paper's effects are small too (at most 1.2 points on Kinetics), so read each line "
