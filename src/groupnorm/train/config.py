@@ -18,6 +18,12 @@ def _unhashed(default: Any) -> Any:
     return field(default=default, metadata={"hash": False})
 
 
+def _hashed_unless_default(default: Any) -> Any:
+    """A setting added after runs were recorded: in the run id only where it differs from its default,
+    so the ids of earlier runs (and their records) stay valid."""
+    return field(default=default, metadata={"hash": "unless-default"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One run of the classification engine (the paper's recipe, same for every norm and batch size)."""
@@ -48,6 +54,11 @@ class TrainConfig:
     median_last: int = 5  # the reported error: median val error of the last k epochs
     seed: int = 0
     channels_last: bool = True
+    # the percentile probe (groupnorm.train.probe): every probe_every iterations (0: off), the probe_percentiles
+    # of the output of the model's probe_module on the first probe_images validation images, in probes.jsonl
+    probe_every: int = _hashed_unless_default(0)
+    probe_images: int = _hashed_unless_default(256)
+    probe_percentiles: tuple[float, ...] = _hashed_unless_default((1.0, 20.0, 80.0, 99.0))
     # how it runs (not part of the run id)
     data_dir: str = _unhashed("")
     threads: int = _unhashed(0)  # torch threads (0: leave torch's default)
@@ -66,9 +77,15 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        for key in ("images_per_device", "devices", "epochs", "median_last", "width"):
+        for key in ("images_per_device", "devices", "epochs", "median_last", "width", "probe_images"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1; got {getattr(self, key)}")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0 (0: no probe); got {self.probe_every}")
+        qs = tuple(float(q) for q in self.probe_percentiles)
+        if not qs or not all(0 <= q <= 100 for q in qs):
+            raise ValueError(f"probe_percentiles must be numbers in 0..100; got {self.probe_percentiles}")
+        object.__setattr__(self, "probe_percentiles", qs)  # one spelling, one run id
         if self.model == "resnet" and (self.depth < 8 or (self.depth - 2) % 6):
             raise ValueError(f"depth of the CIFAR-style resnet must be 6n+2 (8, 14, 20, ...); got {self.depth}")
         if self.dataset == "imagefolder" and not self.data_dir:
@@ -99,7 +116,12 @@ def scaled_lr(base_lr: float, images_per_device: int, reference: int = 32) -> fl
 
 
 def hashed_fields(cfg: TrainConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("hash", True)}
+    out = {}
+    for f in dataclasses.fields(cfg):
+        how, value = f.metadata.get("hash", True), getattr(cfg, f.name)
+        if how is True or (how == "unless-default" and value != f.default):
+            out[f.name] = value
+    return out
 
 
 def run_id(cfg: TrainConfig) -> str:

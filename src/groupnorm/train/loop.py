@@ -34,6 +34,7 @@ from groupnorm.data.loader import FolderLoader, MemoryLoader
 from groupnorm.models import build_model
 from groupnorm.train import distributed, records
 from groupnorm.train.config import TrainConfig
+from groupnorm.train.probe import probe_batch, probe_percentiles, probed_module
 from groupnorm.train.records import RunBusy, RunLock, load_checkpoint, save_checkpoint
 from groupnorm.train.schedule import learning_rate
 
@@ -44,16 +45,22 @@ EVAL_BATCH = 500
 
 def check_buildable(configs: list[TrainConfig]) -> None:
     """Build each distinct model on the meta device (no memory, no time): a spec that does not fit a
-    layer (C not divisible by G) raises ValueError, naming the layer, before anything trains."""
+    layer (C not divisible by G) raises ValueError, naming the layer, before anything trains; so does
+    a probe (probe_every) on a model that names no module to probe."""
     seen = set()
     for cfg in configs:
         in_channels, num_classes = dataset_shape(cfg.dataset) if cfg.dataset in LOADERS else (3, 1000)
-        key = (cfg.model, cfg.norm, cfg.depth, cfg.width, in_channels)
+        key = (cfg.model, cfg.norm, cfg.depth, cfg.width, in_channels, cfg.probe_every > 0)
         if key in seen:
             continue
         seen.add(key)
         with torch.device("meta"):
-            _build(cfg, num_classes, in_channels, 1)
+            model = _build(cfg, num_classes, in_channels, 1)
+        if cfg.probe_every:
+            try:
+                probed_module(model)
+            except ValueError as e:
+                raise ValueError(f"{cfg.id}: probe_every={cfg.probe_every}: {e}") from None
 
 
 def _build(cfg: TrainConfig, num_classes: int, in_channels: int, devices: int) -> nn.Module:
@@ -205,8 +212,9 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
         "step": 0,
         "metrics": [],
         "seconds": 0.0,
-        "accum": torch.zeros(3, dtype=torch.float64),
-    }  # loss sum, wrong, seen
+        "accum": torch.zeros(3, dtype=torch.float64),  # loss sum, wrong, seen
+        "probes": [],
+    }
     ckpt_path = run_dir / records.CHECKPOINT
     if ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, ctx.device)
@@ -215,15 +223,39 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
         state.update(ckpt)
         state["accum"] = state["accum"].cpu()
         log(f"[{cfg.id}] resuming at epoch {state['epoch'] + 1}, step {state['step']}")
+    steps = len(train_loader)
+    probes = state["probes"]
+    probe = None
+    if cfg.probe_every and ctx.is_main:
+        probe_x = probe_batch(val_loader, cfg.probe_images).to(ctx.device)
+
+        def probe(iteration: int) -> None:
+            values = probe_percentiles(model, probe_x, cfg.probe_percentiles)
+            probes.append(
+                {
+                    "iteration": iteration,
+                    "epoch": iteration / steps,
+                    "percentiles": {f"{q:g}": v for q, v in zip(cfg.probe_percentiles, values, strict=True)},
+                }
+            )
+
+        if not probes:
+            probe(0)
+
+    def write_records(metrics: bool = True) -> None:
+        if metrics:
+            records.write_metrics(run_dir, state["metrics"])  # drops lines of epochs the checkpoint lacks
+        if probe is not None:
+            records.write_probes(run_dir, probes)  # likewise: the probes of the checkpoint, no more
+
     if ctx.is_main:
-        records.write_metrics(run_dir, state["metrics"])  # drops lines of epochs the checkpoint lacks
+        write_records()
 
     net: nn.Module = model
     if ctx.world > 1:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
-    steps = len(train_loader)
     show_bar = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
     status = "finished"
     for epoch in range(state["epoch"], cfg.epochs):
@@ -253,6 +285,8 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if probe is not None and (epoch * steps + step + 1) % cfg.probe_every == 0:
+                probe(epoch * steps + step + 1)
             with torch.no_grad():
                 accum += torch.stack(
                     [
@@ -280,6 +314,7 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
                         "seconds": state["seconds"] + now - t0,
                     },
                 )
+                write_records(metrics=False)
                 last_ckpt = now
         if bar is not None:
             bar.close()
@@ -305,12 +340,13 @@ def _train(cfg, ctx, run_dir, local_devices, batch, log, progress) -> dict[str, 
             "metrics": [*state["metrics"], entry],
             "seconds": seconds,
             "accum": torch.zeros(3, dtype=torch.float64),
+            "probes": probes,
         }
         if ctx.is_main:
             save_checkpoint(
                 run_dir / records.CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state}
             )
-            records.write_metrics(run_dir, state["metrics"])
+            write_records()
         log(
             f"[{cfg.id}] epoch {epoch + 1}/{cfg.epochs}  train err {entry['train_error']:5.2f}%  "
             f"val err {val_error:5.2f}%  lr {lr:.4f}  {entry['images_per_second']:.0f} img/s"

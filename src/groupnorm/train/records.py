@@ -4,6 +4,7 @@
                                metrics.jsonl    one line per epoch
                                result.json      written once the run has finished
                                checkpoint.pt    the last checkpoint (resume point)
+                               probes.jsonl     percentiles of a layer's responses (runs with probe_every)
 
 All files are written atomically; reports are rebuilt from these files alone.
 """
@@ -28,24 +29,43 @@ __all__ = [
     "load_checkpoint",
     "load_records",
     "read_metrics",
+    "read_probes",
     "save_checkpoint",
     "write_config",
     "write_metrics",
+    "write_probes",
     "write_result",
 ]
 
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.json", "checkpoint.pt"
+PROBES = "probes.jsonl"
 
 
-def write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics))
+def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
+    _write_jsonl(run_dir / METRICS, metrics)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return _read_jsonl(Path(run_dir) / METRICS)
+
+
+def write_probes(run_dir: Path, probes: list[dict[str, Any]]) -> None:
+    _write_jsonl(run_dir / PROBES, probes)
+
+
+def read_probes(run_dir: Path) -> list[dict[str, Any]]:
+    """probes.jsonl: one line per probe, {"iteration", "epoch", "percentiles": {"1": value, "20": ...}}."""
+    return _read_jsonl(Path(run_dir) / PROBES)
 
 
 @dataclass
