@@ -2,6 +2,7 @@
 
 build_model("resnet", norm="gn:8", depth=20, width=16, num_classes=10, in_channels=1)
 build_model("resnet50", norm="gn", num_classes=1000)
+build_model("vgg", norm="gn:16", depth=16, width=32, num_classes=10, in_channels=1)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from groupnorm.convert import zero_init_last_gamma
 from groupnorm.models import resnet3d
 from groupnorm.models.cifar_resnet import BasicBlock, CifarResNet
 from groupnorm.models.tv_resnet import TorchvisionStyleResNet
+from groupnorm.models.vgg import VGG
 from groupnorm.nn.spec import NormSpec, OnIndivisible, conv_layer, make_norm, parse_norm_spec
 
-__all__ = ["MODELS", "BasicBlock", "CifarResNet", "TorchvisionStyleResNet", "build_model", "norm_factory"]
+__all__ = ["MODELS", "VGG", "BasicBlock", "CifarResNet", "TorchvisionStyleResNet", "build_model", "norm_factory"]
 
 
 def norm_factory(
@@ -55,11 +57,19 @@ def _tvresnet(spec, num_classes, in_channels, devices, on_indivisible, *, depth=
     return TorchvisionStyleResNet(depth, width, num_classes, in_channels, norm, conv_layer(spec))
 
 
+def _vgg(spec, num_classes, in_channels, devices, on_indivisible, *, depth=16, width=64):
+    norm = norm_factory(spec, devices, on_indivisible)
+    return VGG(
+        depth, width, num_classes, in_channels, norm, conv_layer(spec), bias=spec.kind == "none", act=not spec.act
+    )
+
+
 # name -> builder(spec, num_classes, in_channels, devices, on_indivisible, *, depth, width)
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet": _resnet,
     "resnet50": _resnet50,
     "tvresnet": _tvresnet,
+    "vgg": _vgg,
     **resnet3d.BUILDERS,  # resnet3d, resnet3d-inflated, i3d-resnet50: clips (N, C, T, H, W)
 }
 
