@@ -2,8 +2,14 @@
 
 from types import ModuleType
 
-from groupnorm.experiments import batch_sizes, detection, video
+from groupnorm.experiments import batch_sizes, detection, features, groups, video
 
 __all__ = ["EXPERIMENTS"]
 
-EXPERIMENTS: dict[str, ModuleType] = {batch_sizes.NAME: batch_sizes, detection.NAME: detection, video.NAME: video}
+EXPERIMENTS: dict[str, ModuleType] = {
+    batch_sizes.NAME: batch_sizes,
+    detection.NAME: detection,
+    groups.NAME: groups,
+    features.NAME: features,
+    video.NAME: video,
+}

@@ -3,13 +3,15 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from groupnorm.report import batch_sizes, detection, video
+from groupnorm.report import batch_sizes, detection, features, groups, video
 
 __all__ = ["REPORTS", "build_report"]
 
 REPORTS: dict[str, Callable[[Path], Path]] = {
     "batch-sizes": batch_sizes.build_report,
     "detection": detection.build_report,
+    "groups": groups.build_report,
+    "features": features.build_report,
     "video": video.build_report,
 }
 

@@ -1,0 +1,135 @@
+"""The group-division study (paper Sec. 4.1, Table 3).
+
+GN with a fixed number of groups G = 64, 32, 16, 8, 4, 2, 1 and with a fixed number of channels
+per group 64, 32, 16, 8, 4, 2, 1, at 32 images per device, everything else as in the batch-size
+study. The two ends are run as what they are: G = 1 as LN (``ln``), one channel per group as IN
+(``in``). The ResNet is 64 channels wide in its first stage (64, 128, 256), so that, as in the
+paper's ResNet-50 whose narrowest layers have 64 channels, every setting divides every layer;
+a setting that does not (a narrower ``width`` given with ``--set``) is rejected before anything trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from groupnorm.train.config import TrainConfig
+from groupnorm.train.records import Record, load_records
+from groupnorm.train.sweep import run_sweep
+
+__all__ = ["NAME", "PRESETS", "Preset", "configs", "group_spec", "run"]
+
+NAME = "groups"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The two rows of Table 3: ``groups`` (G) and ``channels_per_group`` (C/G), each a tuple of settings."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "resnet"
+    depth: int = 8
+    width: int = 64
+    groups: tuple[int, ...] = (64, 32, 16, 8, 4, 2, 1)
+    channels_per_group: tuple[int, ...] = (64, 32, 16, 8, 4, 2, 1)
+    seeds: tuple[int, ...] = (0,)
+    images_per_device: int = 32
+    devices: int = 1
+    train_images: int = 4000
+    val_images: int = 2000
+    epochs: int = 4
+    base_lr: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5
+    weight_decay: float = 1e-4
+    median_last: int = 1
+    channels_last: bool = True
+    data_dir: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    # End to end in a few minutes: what the tests run (a narrow net: the ends of each row plus one middle).
+    "smoke": Preset(
+        width=8,
+        groups=(8, 2, 1),
+        channels_per_group=(8, 2, 1),
+        train_images=256,
+        val_images=256,
+        epochs=1,
+    ),
+    # The default: both rows of Table 3, one seed (docs/results/groups.md has its time on 2 cores).
+    "quick": Preset(),
+    # Both rows, 3 seeds, 20000 training images, 12 epochs (hours on 2 cores: docs/results/groups.md).
+    "full": Preset(seeds=(0, 1, 2), train_images=20000, val_images=0, epochs=12, median_last=3),
+    # The paper's setting for a lab: ResNet-50 on ImageNet, torchrun over 8 GPUs, data_dir with train/ and val/.
+    "paper": Preset(
+        dataset="imagefolder",
+        model="resnet50",
+        depth=50,
+        devices=8,
+        train_images=0,
+        val_images=0,
+        epochs=100,
+        schedule="step",
+        warmup_epochs=0.0,
+        median_last=5,
+    ),
+}
+
+
+def group_spec(axis: str, value: int) -> str:
+    """The norm spec of one cell of Table 3: ``groups`` G (G=1 is LN) or ``channels_per_group`` K (K=1 is IN)."""
+    if value < 1:
+        raise ValueError(f"groups study: {axis} must be >= 1; got {value}")
+    if axis == "groups":
+        return "ln" if value == 1 else f"gn:{value}"
+    if axis == "channels_per_group":
+        return "in" if value == 1 else f"gn/{value}"
+    raise ValueError(f"groups study: axis must be 'groups' or 'channels_per_group'; got {axis!r}")
+
+
+def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainConfig]:
+    """Every run of both rows; a spec shared by the rows (none in the paper's grid) runs once."""
+    if preset.dataset == "imagefolder" and not preset.data_dir:
+        raise ValueError("the imagefolder dataset needs data_dir (a folder with train/ and val/)")
+    specs = [group_spec("groups", g) for g in preset.groups]
+    specs += [group_spec("channels_per_group", k) for k in preset.channels_per_group]
+    specs = list(dict.fromkeys(specs))
+    return [
+        TrainConfig(
+            experiment=NAME,
+            dataset=preset.dataset,
+            model=preset.model,
+            depth=preset.depth,
+            width=preset.width,
+            norm=norm,
+            images_per_device=preset.images_per_device,
+            devices=preset.devices,
+            seed=seed,
+            train_images=preset.train_images,
+            val_images=preset.val_images,
+            epochs=preset.epochs,
+            base_lr=preset.base_lr,
+            schedule=preset.schedule,
+            warmup_epochs=preset.warmup_epochs,
+            weight_decay=preset.weight_decay,
+            median_last=preset.median_last,
+            channels_last=preset.channels_last,
+            data_dir=preset.data_dir,
+        )
+        for norm in specs
+        for seed in preset.seeds
+    ]
+
+
+def run(
+    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
+) -> list[Record]:
+    """Train every run of ``preset`` not yet finished under ``runs_dir``; return the experiment's records.
+
+    Every setting is built on the meta device first: one that does not divide some layer's channels
+    raises ValueError, naming the run and the layer's width, before anything trains.
+    """
+    run_sweep(configs(preset, log), runs_dir, jobs=jobs, log=log)
+    return load_records(Path(runs_dir) / NAME)
