@@ -42,6 +42,21 @@ def test_every_setting_of_the_presets_builds_a_valid_model(preset):
     check_buildable(configs)  # raises on any setting that does not fit
 
 
+def test_the_quick_model_halves_the_image_in_its_stem():
+    """resnet-s2 is the CIFAR-style ResNet with a stride-2 stem: the same layers at half the resolution."""
+    import torch
+
+    plain = build_model("resnet", norm="gn:32", depth=8, width=64, num_classes=10, in_channels=1)
+    s2 = build_model(groups.PRESETS["quick"].model, norm="gn:32", depth=8, width=64, num_classes=10, in_channels=1)
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in s2.named_parameters()]
+    sizes = []
+    s2.blocks.register_forward_hook(lambda m, a, out: sizes.append(out.shape[-2:]))
+    assert s2(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sizes == [(4, 4)]  # 28 -> 14 (stem) -> 7 -> 4
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2; got 3"):
+        type(s2)(8, 64, 10, 1, lambda c: torch.nn.Identity(), stem_stride=3)
+
+
 @pytest.mark.parametrize(("norm", "groups_per_layer"), [("gn:64", [64, 64, 64]), ("gn/64", [1, 2, 4]), ("in", None)])
 def test_the_settings_build_what_they_say(norm, groups_per_layer):
     model = build_model("resnet", norm=norm, depth=8, width=64, num_classes=10, in_channels=1)

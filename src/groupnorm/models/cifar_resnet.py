@@ -40,6 +40,8 @@ class CifarResNet(nn.Module):
         num_classes, in_channels: of the data.
         norm: a callable building the norm layer for a number of channels (see make_norm).
         conv: the conv class (nn.Conv2d, or WSConv2d for ws+ specs).
+        stem_stride: 1 (He et al.) or 2: the stem halves the image, so a wide net costs a quarter
+            (28x28 images: stages at 14, 7 and 4 pixels instead of 28, 14 and 7).
     """
 
     def __init__(
@@ -50,12 +52,17 @@ class CifarResNet(nn.Module):
         in_channels: int,
         norm: Callable[[int], nn.Module],
         conv: type = nn.Conv2d,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet: depth must be 6n+2 with n >= 1 (8, 14, 20, ...); got {depth}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"CifarResNet: stem_stride must be 1 or 2; got {stem_stride}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(conv(in_channels, width, 3, 1, 1, bias=False), norm(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            conv(in_channels, width, 3, stem_stride, 1, bias=False), norm(width), nn.ReLU(inplace=True)
+        )
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):

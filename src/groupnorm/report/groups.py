@@ -211,8 +211,9 @@ def _figure(rows: dict[str, dict[int, Cell]]):
 def _setting_title(setting: tuple) -> str:
     s = dict(zip(SETTING_KEYS, setting, strict=True))
     model = (
-        f"ResNet-{s['depth']} (widths {s['width']}, {2 * s['width']}, {4 * s['width']})"
-        if s["model"] == "resnet"
+        f"ResNet-{s['depth']}{' with a stride-2 stem' if s['model'] == 'resnet-s2' else ''} "
+        f"(widths {s['width']}, {2 * s['width']}, {4 * s['width']})"
+        if s["model"] in ("resnet", "resnet-s2")
         else f"{s['model']}-{s['depth']} (width {s['width']})"
     )
     images = f"{s['train_images']} training images" if s["train_images"] else "all training images"

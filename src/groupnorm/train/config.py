@@ -35,7 +35,7 @@ class TrainConfig:
     val_images: int = 0  # of the test split (0: all)
     image_size: int = 224  # imagefolder only
     # model
-    model: str = "resnet"  # resnet (CIFAR-style 6n+2) | resnet50 (torchvision)
+    model: str = "resnet"  # resnet (CIFAR-style 6n+2) | resnet-s2 (its stride-2 stem) | vgg | resnet50 | ...
     depth: int = 8
     width: int = 16
     norm: str = "bn"
@@ -86,7 +86,7 @@ class TrainConfig:
         if not qs or not all(0 <= q <= 100 for q in qs):
             raise ValueError(f"probe_percentiles must be numbers in 0..100; got {self.probe_percentiles}")
         object.__setattr__(self, "probe_percentiles", qs)  # one spelling, one run id
-        if self.model == "resnet" and (self.depth < 8 or (self.depth - 2) % 6):
+        if self.model in ("resnet", "resnet-s2") and (self.depth < 8 or (self.depth - 2) % 6):
             raise ValueError(f"depth of the CIFAR-style resnet must be 6n+2 (8, 14, 20, ...); got {self.depth}")
         if self.dataset == "imagefolder" and not self.data_dir:
             raise ValueError("dataset imagefolder needs data_dir (a folder with train/ and val/ class folders)")
@@ -129,5 +129,6 @@ def run_id(cfg: TrainConfig) -> str:
     digest = hashlib.sha256(json.dumps(hashed_fields(cfg), sort_keys=True).encode()).hexdigest()[:10]
     norm = cfg.norm.replace(":", "").replace("/", "-").replace("+", "_")
     data = {"fashion-mnist": "fmnist", "imagefolder": "folder"}.get(cfg.dataset, cfg.dataset)
-    model = f"r{cfg.depth}w{cfg.width}" if cfg.model == "resnet" else cfg.model
+    short = {"resnet": f"r{cfg.depth}w{cfg.width}", "resnet-s2": f"r{cfg.depth}s2w{cfg.width}"}
+    model = short.get(cfg.model, cfg.model)
     return f"{data}_{model}_{norm}_b{cfg.images_per_device}_s{cfg.seed}_{digest}"

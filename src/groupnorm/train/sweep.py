@@ -48,7 +48,8 @@ def run_cost(cfg: TrainConfig) -> float:
     Measured on the CIFAR-style ResNet on CPU: seconds per image ~ a + b / batch with b/a ~ 9.
     """
     images = cfg.train_images or 60000
-    return cfg.epochs * images * (1.0 + 9.0 / cfg.effective_batch) * (cfg.depth / 8 if cfg.model == "resnet" else 1)
+    depth = cfg.depth / 8 if cfg.model in ("resnet", "resnet-s2") else 1
+    return cfg.epochs * images * (1.0 + 9.0 / cfg.effective_batch) * depth
 
 
 class SweepProgress:
