@@ -40,7 +40,8 @@ def test_smoke_reproduce_end_to_end(tmp_path, capsys):
 
 def fake(tmp_path, norm, b, seed, error, epochs=3):
     run_dir = tmp_path / f"{norm}-{b}-{seed}"
-    metrics = [{"epoch": e + 1, "train_error": error + 1, "val_error": error + (epochs - 1 - e)} for e in range(epochs)]
+    metrics = [{"epoch": e + 1, "train_error": error + 1, "val_error": error + (epochs - 1 - e), "images_seen": 96}
+               for e in range(epochs)]  # fmt: skip
     config = {"norm": norm, "images_per_device": b, "seed": seed, "devices": 8, "dataset": "fashion-mnist",
               "model": "resnet", "depth": 8, "width": 16, "train_images": 100, "epochs": epochs}  # fmt: skip
     return Record(run_dir, config, metrics, {"error": error, "train_error": error + 1})
@@ -70,6 +71,17 @@ def test_verdict_says_plainly_when_it_does_not_hold(tmp_path):
     recs += [fake(tmp_path, "gn", 32, 0, 13.0), fake(tmp_path, "gn", 2, 0, 13.4)]
     text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
     assert "does not hold" in text and "one seed" in text
+
+
+def test_verdict_warns_when_gn_improves_as_the_batch_shrinks(tmp_path):
+    """GN is the same at every batch size: a large fall means the large-batch runs had too few steps."""
+    recs = [fake(tmp_path, "bn", 32, 0, 12.0), fake(tmp_path, "bn", 2, 0, 16.0)]
+    recs += [fake(tmp_path, "gn", 32, 0, 20.0), fake(tmp_path, "gn", 2, 0, 14.0)]
+    text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
+    assert "*falls* by 6.00 points" in text and "18x the steps (18 against 1)" in text
+    assert "under-trained" in text
+    recs[3] = fake(tmp_path, "gn", 2, 0, 19.8)  # within a point: no warning
+    assert "Caution" not in "\n".join(verdict(cells_of(recs), "bn", "gn"))
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path):

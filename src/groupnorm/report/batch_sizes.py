@@ -59,6 +59,12 @@ class Cell:
     def mean_std(self) -> tuple[float, float]:
         return mean_std(self.errors)
 
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of one run (the first seed's): images seen over the batch of all devices."""
+        r = self.records[0]
+        return round(sum(m["images_seen"] for m in r.metrics) / (self.images_per_device * self.devices))
+
     def curve(self, key: str) -> list[float]:
         """``key`` per epoch, averaged over seeds (over the epochs every seed has)."""
         n = min(len(r.metrics) for r in self.records)
@@ -135,6 +141,18 @@ def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) 
         lines.append(
             f"- BN breaks (more than 0.5 points and twice the seed noise above its {large}/device error) "
             f"at {_per_device(max(breaks))} and below."
+        )
+    if gn_change < -max(1.0, 2 * math.hypot(sd_gn_l, sd_gn_s)):
+        steps_l, steps_s = cells[(gn, large)].steps, cells[(gn, small)].steps
+        train_l = statistics.fmean(cells[(gn, large)].train_errors)
+        lines.append(
+            f"- Caution: GN's error *falls* by {-gn_change:.2f} points as the batch shrinks, though GN computes "
+            f"the same at every batch size. At equal epochs the {small}/device runs take "
+            f"{steps_s / max(steps_l, 1):.0f}x the steps ({steps_s} against {steps_l}): the {large}/device runs "
+            f"are under-trained at this budget (GN's train error {train_l:.1f}%), so their errors, and GN − BN "
+            f"at {large}, are not converged values. A longer schedule (`--set epochs=...`, or the full preset) "
+            "separates the two effects; the comparison at the small batches, where both norms had the same "
+            "steps, stands."
         )
     holds_bn, holds_gap, gn_flat = bn_rise > 0, gap > 0, abs(gn_change) < abs(bn_rise)
     if holds_bn and holds_gap and gn_flat:
