@@ -124,7 +124,7 @@ def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) 
     n = min(len(c.records) for c in cells.values())
     bn_rise, gn_change, gap = bn_s - bn_l, gn_s - gn_l, bn_s - gn_s
     lines = [
-        f"- BN's error goes from {bn_l:.2f}% at {large} to {bn_s:.2f}% at {small} images per device "
+        f"- BN's error goes from {bn_l:.2f}% at {large} to {bn_s:.2f}% at {_per_device(small)} "
         f"({bn_rise:+.2f} points; {seed_noise_note(bn_rise, math.hypot(sd_bn_l, sd_bn_s), n)}).",
         f"- GN's error goes from {gn_l:.2f}% to {gn_s:.2f}% ({gn_change:+.2f} points; "
         f"{seed_noise_note(gn_change, math.hypot(sd_gn_l, sd_gn_s), n)}).",
