@@ -50,7 +50,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # End to end in well under 2 minutes: what the tests run.
     "smoke": Preset(images_per_device=(4, 1), train_images=1024, val_images=512, epochs=2, median_last=1),
-    # The default of `make reproduce`: 12000 training images, 5000 val images, 16 epochs (~25 minutes on 2 cores,
+    # The default of `make reproduce`: 12000 training images, 5000 val images, 16 epochs (~26 minutes on 2 cores,
     # docs/results.md); the full preset trains on 20000 and validates on the whole test set.
     "quick": Preset(train_images=12000, val_images=5000),
     # The whole grid, 3 seeds, two depths, CIFAR-10 too when present (hours on a CPU).
