@@ -1,7 +1,7 @@
 """Hypothesis: GN over random shapes and groups agrees with the reference and keeps its invariants."""
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from groupnorm import functional as F
@@ -23,6 +23,7 @@ def gn_case(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(gn_case(), st.floats(-100, 100), st.floats(0.1, 10))
+@example((1, 1, 1, [1, 2], True, 0), 16.0, 0.125)  # a 2-value group far from 0: torch's kernel cancelled here
 def test_gn_matches_reference_and_invariants(case, offset, scale):
     n, groups, per_group, spatial, channels_last, seed = case
     c = groups * per_group
