@@ -80,7 +80,7 @@ class Preset:
     """The grid (variants x seeds) and every size of the model, data and schedule.
 
     The defaults are the quick preset, sized for under 30 minutes on a quiet 2-core CPU (two
-    single-threaded runs side by side; one seed of each variant; docs/results/detection.md): 96x96
+    single-threaded runs side by side; two seeds of each variant; docs/results/detection.md): 96x96
     scenes with 2-4 items of 25-56 pixels, 800 for training and 200 for validation; a ResNet-10 of width
     16 (the paper's ResNet-50 has width 64 and four times the blocks), pre-trained for 10 epochs on 20k
     Fashion-MNIST images; an FPN of 32 channels (paper 256) with anchors of 8 to 128 pixels (paper 32 to
@@ -95,7 +95,7 @@ class Preset:
     """
 
     variants: tuple[str, ...] = ("bn*", "bn", "gn")
-    seeds: tuple[int, ...] = (0,)  # --set seeds=0,1 --set epochs=16: the 2-seed run of docs/results (~50 min)
+    seeds: tuple[int, ...] = (0, 1)
     # data: generated scenes, or a COCO-format folder (dataset=coco, data_dir=...)
     dataset: str = "scenes"
     data_dir: str = ""
