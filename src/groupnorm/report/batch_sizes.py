@@ -17,6 +17,7 @@ from typing import Any
 from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
 from groupnorm.report.common import (
+    finished_runs,
     fmt,
     markdown_table,
     mean_std,
@@ -26,7 +27,7 @@ from groupnorm.report.common import (
     save_figure,
     seed_noise_note,
 )
-from groupnorm.train.records import Record, load_records
+from groupnorm.train.records import Record
 
 __all__ = ["Cell", "build_report", "verdict"]
 
@@ -366,19 +367,11 @@ def _fig5(cells, bn, gn):
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    recs = [r for r in load_records(experiment_dir) if r.finished]
-    if not recs:
-        raise FileNotFoundError(f"no finished runs under {experiment_dir}: train some first (groupnorm reproduce)")
-    by_setting: dict[tuple, list[Record]] = defaultdict(list)
-    for r in recs:
-        by_setting[_setting_of(r)].append(r)
-    multi = len(by_setting) > 1
-    unfinished = len(load_records(experiment_dir)) - len(recs)
+    runs = finished_runs(experiment_dir, _setting_of, "batch-sizes")
+    by_setting, multi = runs.by_setting, runs.multi
     parts = [
         "# Batch-size study: Table 1, Table 2, Figures 1, 4 and 5\n\n",
-        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report batch-sizes`"
-        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
-        + ".\n\n",
+        runs.provenance(experiment_dir, "batch-sizes"),
         "Recipe, the same for every norm and batch size: SGD momentum 0.9, weight decay 1e-4 on every weight "
         "(gamma and beta included), lr = 0.1 x B/32 at B images per device with a linear warm-up, the same number "
         "of epochs at every B, gamma = 0 in the last norm of each residual block; BN statistics per (virtual) "

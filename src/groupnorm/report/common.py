@@ -5,12 +5,62 @@ from __future__ import annotations
 import io
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from groupnorm.io import atomic_write_bytes
+from groupnorm.train.records import Record, load_records
 
-__all__ = ["fmt", "markdown_table", "mean_std", "norm_kind", "norm_label", "save_figure", "seed_noise_note"]
+__all__ = [
+    "FinishedRuns",
+    "finished_runs",
+    "fmt",
+    "markdown_table",
+    "mean_std",
+    "norm_kind",
+    "norm_label",
+    "save_figure",
+    "seed_noise_note",
+]
+
+
+@dataclass
+class FinishedRuns:
+    """An experiment's finished records, grouped by setting (one report section per setting)."""
+
+    records: list[Record]
+    by_setting: dict[tuple, list[Record]]
+    unfinished: int
+
+    @property
+    def multi(self) -> bool:
+        return len(self.by_setting) > 1
+
+    def provenance(self, experiment_dir: Path, experiment: str) -> str:
+        """The report's "Rebuilt from ..." line."""
+        left_out = f" ({self.unfinished} unfinished runs left out)" if self.unfinished else ""
+        return (
+            f"Rebuilt from {len(self.records)} finished runs in `{experiment_dir}` by "
+            f"`groupnorm report {experiment}`{left_out}.\n\n"
+        )
+
+
+def finished_runs(
+    experiment_dir: Path, setting_of: Callable[[Record], tuple], experiment: str, what: str = "runs"
+) -> FinishedRuns:
+    """The finished runs under ``experiment_dir`` by ``setting_of``; FileNotFoundError if there are none."""
+    everything = load_records(experiment_dir)
+    records = [r for r in everything if r.finished]
+    if not records:
+        raise FileNotFoundError(
+            f"no finished {what} under {experiment_dir}: train some first (groupnorm reproduce {experiment})"
+        )
+    by_setting: dict[tuple, list[Record]] = defaultdict(list)
+    for r in records:
+        by_setting[setting_of(r)].append(r)
+    return FinishedRuns(records, dict(by_setting), len(everything) - len(records))
 
 
 def norm_kind(spec: str) -> str:

@@ -10,14 +10,22 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
-from groupnorm.report.common import fmt, markdown_table, mean_std, norm_label, pyplot, save_figure, seed_noise_note
+from groupnorm.report.common import (
+    finished_runs,
+    fmt,
+    markdown_table,
+    mean_std,
+    norm_label,
+    pyplot,
+    save_figure,
+    seed_noise_note,
+)
 from groupnorm.train.records import Record, load_records
 
 __all__ = ["Cell", "build_report", "verdict"]
@@ -448,22 +456,11 @@ def _recipe(configs: list[dict[str, Any]]) -> str:
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    every = load_records(experiment_dir)
-    recs = [r for r in every if r.finished]
-    if not recs:
-        raise FileNotFoundError(
-            f"no finished detection runs under {experiment_dir}: train some first (groupnorm reproduce detection)"
-        )
-    by_setting: dict[tuple, list[Record]] = defaultdict(list)
-    for r in recs:
-        by_setting[_setting_of(r)].append(r)
-    multi = len(by_setting) > 1
-    unfinished = len(every) - len(recs)
+    runs = finished_runs(experiment_dir, _setting_of, "detection", "detection runs")
+    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
     parts = [
         "# Detection and instance segmentation: Mask R-CNN, Tables 4 to 7\n\n",
-        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report detection`"
-        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
-        + ".\n\n",
+        runs.provenance(experiment_dir, "detection"),
         _recipe([r.config for r in recs]),
     ]
     rows: list[dict[str, Any]] = []

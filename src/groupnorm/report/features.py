@@ -10,15 +10,23 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
-from groupnorm.report.common import fmt, markdown_table, mean_std, norm_kind, norm_label, pyplot, save_figure
-from groupnorm.train.records import Record, load_records, read_probes
+from groupnorm.report.common import (
+    finished_runs,
+    fmt,
+    markdown_table,
+    mean_std,
+    norm_kind,
+    norm_label,
+    pyplot,
+    save_figure,
+)
+from groupnorm.train.records import Record, read_probes
 
 __all__ = ["Curves", "NormRuns", "build_report", "verdict"]
 
@@ -314,26 +322,19 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     return "".join(out), rows
 
 
+def _setting_of(r: Record) -> tuple:
+    return tuple(r.config.get(k) for k in SETTING_KEYS)
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    everything = load_records(experiment_dir)
-    recs = [r for r in everything if r.finished]
-    if not recs:
-        raise FileNotFoundError(
-            f"no finished runs under {experiment_dir}: train some first (groupnorm reproduce features)"
-        )
-    by_setting: dict[tuple, list[Record]] = defaultdict(list)
-    for r in recs:
-        by_setting[tuple(r.config.get(k) for k in SETTING_KEYS)].append(r)
-    multi = len(by_setting) > 1
-    unfinished = len(everything) - len(recs)
+    runs = finished_runs(experiment_dir, _setting_of, "features")
+    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
     first = recs[0].config
     parts = [
         "# Feature distributions: Figure 6\n\n",
-        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report features`"
-        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
-        + ".\n\n",
+        runs.provenance(experiment_dir, "features"),
         "A VGG-style network (torchvision's VGG conv configuration, global average pooling and one linear layer "
         "as the head) with no norm, BN or GN right after every conv, trained with one recipe for the three: SGD "
         f"momentum 0.9, weight decay {first.get('weight_decay')} on every weight, lr {first.get('base_lr')} x B/32 "

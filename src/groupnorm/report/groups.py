@@ -15,8 +15,8 @@ from typing import Any
 
 from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
-from groupnorm.report.common import fmt, markdown_table, mean_std, pyplot, save_figure, seed_noise_note
-from groupnorm.train.records import Record, load_records
+from groupnorm.report.common import finished_runs, fmt, markdown_table, mean_std, pyplot, save_figure, seed_noise_note
+from groupnorm.train.records import Record
 
 __all__ = ["AXES", "Cell", "build_report", "setting_of", "verdict"]
 
@@ -266,26 +266,19 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     return "".join(out), summary_rows
 
 
+def _setting_of(r: Record) -> tuple:
+    return tuple(r.config.get(k) for k in SETTING_KEYS)
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    everything = load_records(experiment_dir)
-    recs = [r for r in everything if r.finished]
-    if not recs:
-        raise FileNotFoundError(
-            f"no finished runs under {experiment_dir}: train some first (groupnorm reproduce groups)"
-        )
-    by_setting: dict[tuple, list[Record]] = defaultdict(list)
-    for r in recs:
-        by_setting[tuple(r.config.get(k) for k in SETTING_KEYS)].append(r)
-    multi = len(by_setting) > 1
-    unfinished = len(everything) - len(recs)
+    runs = finished_runs(experiment_dir, _setting_of, "groups")
+    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
     first = recs[0].config
     parts = [
         "# Group division: Table 3\n\n",
-        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report groups`"
-        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
-        + ".\n\n",
+        runs.provenance(experiment_dir, "groups"),
         "GN with a fixed number of groups G and with a fixed number of channels per group, at "
         f"{first.get('images_per_device')} images per device; one recipe for every setting, that of the batch-size "
         f"study: SGD momentum 0.9, weight decay {first.get('weight_decay')} on every weight, lr "

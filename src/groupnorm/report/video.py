@@ -21,8 +21,8 @@ from typing import Any
 
 from groupnorm.data.clips import split_dataset_name
 from groupnorm.io import atomic_write_json, atomic_write_text
-from groupnorm.report.common import markdown_table, mean_std, norm_kind, norm_label, pyplot, save_figure
-from groupnorm.train.records import Record, load_records
+from groupnorm.report.common import finished_runs, markdown_table, mean_std, norm_kind, norm_label, pyplot, save_figure
+from groupnorm.train.records import Record
 
 __all__ = ["PAPER_COLUMNS", "TABLE8", "VideoCell", "build_report", "verdict"]
 
@@ -432,22 +432,11 @@ def _fig_curves(cells, norms, cols):
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    every = load_records(experiment_dir)
-    recs = [r for r in every if r.finished]
-    if not recs:
-        raise FileNotFoundError(
-            f"no finished runs under {experiment_dir}: train some first (groupnorm reproduce video)"
-        )
-    by_setting: dict[tuple, list[Record]] = defaultdict(list)
-    for r in recs:
-        by_setting[_setting_of(r)].append(r)
-    multi = len(by_setting) > 1
-    unfinished = len(every) - len(recs)
+    runs = finished_runs(experiment_dir, _setting_of, "video")
+    by_setting, multi = runs.by_setting, runs.multi
     parts = [
         "# Video classification with normalization over (T, H, W): Table 8\n\n",
-        f"Rebuilt from {len(recs)} finished runs in `{experiment_dir}` by `groupnorm report video`"
-        + (f" ({unfinished} unfinished runs left out)" if unfinished else "")
-        + ".\n\n",
+        runs.provenance(experiment_dir, "video"),
         "Setting: a 3D ResNet (temporal kernels in the stem and every other block; `resnet3d` from scratch, "
         "`resnet3d-inflated` from a 2D ResNet pretrained on Fashion-MNIST images) trained on clips of real "
         "Fashion-MNIST garments whose class is their motion (16 directions x 2 speeds; no single frame tells "
