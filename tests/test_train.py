@@ -1,5 +1,6 @@
 """The training engine: lr scaling, virtual devices, records, resume after a kill, sweeps, the CLI."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import torch
 
 from groupnorm.models import build_model
 from groupnorm.train import TrainConfig, learning_rate, load_records, run_dir_of, scaled_lr, train_run
+from groupnorm.train.config import config_from
 from groupnorm.train.sweep import run_cost, run_sweep
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -29,6 +31,17 @@ TINY = {
 
 def tiny(**kw) -> TrainConfig:
     return TrainConfig(**{**TINY, **kw})
+
+
+def test_config_from_a_preset_takes_the_shared_fields_and_overrides():
+    @dataclasses.dataclass(frozen=True)
+    class Preset:
+        width: int = 32
+        epochs: int = 3
+        seeds: tuple[int, ...] = (0, 1)  # no TrainConfig field: left out
+
+    cfg = config_from(Preset(), epochs=5, norm="gn:4")
+    assert (cfg.width, cfg.epochs, cfg.norm, cfg.seed) == (32, 5, "gn:4", 0)
 
 
 def test_lr_is_scaled_linearly_with_images_per_device():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from groupnorm.data.cifar10 import find_cifar10
-from groupnorm.train.config import TrainConfig
+from groupnorm.train.config import TrainConfig, config_from
 from groupnorm.train.records import Record, load_records
 from groupnorm.train.sweep import run_sweep
 
@@ -92,27 +92,14 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
             for norm, b in grid:
                 for seed in preset.seeds:
                     out.append(
-                        TrainConfig(
+                        config_from(
+                            preset,
                             experiment=NAME,
                             dataset=dataset,
-                            model=preset.model,
                             depth=depth,
-                            width=preset.width,
                             norm=norm,
                             images_per_device=b,
-                            devices=preset.devices,
                             seed=seed,
-                            train_images=preset.train_images,
-                            val_images=preset.val_images,
-                            epochs=preset.epochs,
-                            base_lr=preset.base_lr,
-                            schedule=preset.schedule,
-                            warmup_epochs=preset.warmup_epochs,
-                            weight_decay=preset.weight_decay,
-                            median_last=preset.median_last,
-                            channels_last=preset.channels_last,
-                            image_size=preset.image_size,
-                            data_dir=preset.data_dir,
                         )
                     )
     return out

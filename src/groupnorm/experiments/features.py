@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from groupnorm.train.config import TrainConfig
+from groupnorm.train.config import TrainConfig, config_from
 from groupnorm.train.records import Record, load_records
 from groupnorm.train.sweep import run_sweep
 
@@ -92,30 +92,11 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
     if preset.probe_every < 1:
         raise ValueError(f"the features study records percentiles: probe_every must be >= 1; got {preset.probe_every}")
     return [
-        TrainConfig(
+        config_from(
+            preset,
             experiment=NAME,
-            dataset=preset.dataset,
-            model=preset.model,
-            depth=preset.depth,
-            width=preset.width,
             norm=norm,
-            images_per_device=preset.images_per_device,
-            devices=preset.devices,
             seed=seed,
-            train_images=preset.train_images,
-            val_images=preset.val_images,
-            epochs=preset.epochs,
-            base_lr=preset.base_lr,
-            schedule=preset.schedule,
-            warmup_epochs=preset.warmup_epochs,
-            weight_decay=preset.weight_decay,
-            median_last=preset.median_last,
-            probe_every=preset.probe_every,
-            probe_images=preset.probe_images,
-            probe_percentiles=preset.probe_percentiles,
-            channels_last=preset.channels_last,
-            image_size=preset.image_size,
-            data_dir=preset.data_dir,
         )
         for norm in preset.norms
         for seed in preset.seeds

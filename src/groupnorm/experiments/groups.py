@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from groupnorm.train.config import TrainConfig
+from groupnorm.train.config import TrainConfig, config_from
 from groupnorm.train.records import Record, load_records
 from groupnorm.train.sweep import run_sweep
 
@@ -99,26 +99,11 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
     specs += [group_spec("channels_per_group", k) for k in preset.channels_per_group]
     specs = list(dict.fromkeys(specs))
     return [
-        TrainConfig(
+        config_from(
+            preset,
             experiment=NAME,
-            dataset=preset.dataset,
-            model=preset.model,
-            depth=preset.depth,
-            width=preset.width,
             norm=norm,
-            images_per_device=preset.images_per_device,
-            devices=preset.devices,
             seed=seed,
-            train_images=preset.train_images,
-            val_images=preset.val_images,
-            epochs=preset.epochs,
-            base_lr=preset.base_lr,
-            schedule=preset.schedule,
-            warmup_epochs=preset.warmup_epochs,
-            weight_decay=preset.weight_decay,
-            median_last=preset.median_last,
-            channels_last=preset.channels_last,
-            data_dir=preset.data_dir,
         )
         for norm in specs
         for seed in preset.seeds

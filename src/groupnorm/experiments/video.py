@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from groupnorm.data.clips import CLIP_LENGTHS, clip_dataset_name, dataset_frames
 from groupnorm.io import atomic_write_json, cache_dir
 from groupnorm.nn.spec import parse_norm_spec
-from groupnorm.train.config import TrainConfig
+from groupnorm.train.config import TrainConfig, config_from
 from groupnorm.train.loop import check_buildable
 from groupnorm.train.records import Record, load_checkpoint, load_records
 from groupnorm.train.sweep import run_sweep
@@ -159,28 +159,17 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
         for norm in preset.norms:
             for seed in preset.seeds:
                 out.append(
-                    TrainConfig(
+                    config_from(
+                        preset,
                         experiment=NAME,
                         dataset=clip_dataset_name(preset.dataset, frames),
-                        model=preset.model,
-                        depth=preset.depth,
-                        width=preset.width,
                         norm=norm,
                         zero_init_last=preset.model != "resnet3d-inflated",  # pretrained gammas are kept
                         images_per_device=per_device,
-                        devices=preset.devices,
                         seed=seed,
                         train_images=preset.train_clips,
                         val_images=preset.val_clips,
-                        epochs=preset.epochs,
-                        base_lr=preset.base_lr,
                         reference_images_per_device=preset.reference_clips_per_device,
-                        schedule=preset.schedule,
-                        warmup_epochs=preset.warmup_epochs,
-                        weight_decay=preset.weight_decay,
-                        median_last=preset.median_last,
-                        channels_last=preset.channels_last,
-                        data_dir=preset.data_dir,
                     )
                 )
     return out

@@ -110,6 +110,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def config_from(preset: Any, **fields: Any) -> TrainConfig:
+    """A TrainConfig with every field it shares by name with ``preset`` (an experiment's preset
+    dataclass), then ``fields`` (what varies across the grid: norm, seed, ...) on top."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    shared = {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset) if f.name in names}
+    return TrainConfig(**{**shared, **fields})
+
+
 def scaled_lr(base_lr: float, images_per_device: int, reference: int = 32) -> float:
     """The paper's linear scaling: base_lr at ``reference`` images per device, proportional to B."""
     return base_lr * images_per_device / reference
