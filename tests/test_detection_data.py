@@ -8,9 +8,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from groupnorm.data import scenes as scenes_module
+from groupnorm.data.coco import CocoDataset, DetectionLoader, load_coco
 from groupnorm.data.fashion_mnist import CLASSES
-from groupnorm.detection import CocoDataset, DetectionLoader, SceneSpec, ensure_scenes, load_coco
-from groupnorm.detection import scenes as scenes_module
+from groupnorm.data.scenes import SceneSpec, ensure_scenes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools
 

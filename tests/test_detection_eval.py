@@ -1,10 +1,12 @@
-"""COCOeval through groupnorm.detection.evaluate: perfect predictions give AP 1, none give 0, conversions are exact."""
+"""COCOeval through groupnorm.train.coco_eval: perfect predictions give AP 1, none give 0, conversions are exact."""
 
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from groupnorm.detection import CocoDataset, SceneSpec, coco_evaluate, ensure_scenes, to_coco_results
+from groupnorm.data.coco import CocoDataset
+from groupnorm.data.scenes import SceneSpec, ensure_scenes
+from groupnorm.train.coco_eval import coco_evaluate, to_coco_results
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools
 

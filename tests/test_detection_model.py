@@ -8,10 +8,10 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
 
-from groupnorm.detection import DetectionConfig, build_mask_rcnn, detection_lr, load_backbone_weights, optimizer_groups
-from groupnorm.detection.train import check_detection_configs
 from groupnorm.models import build_model
+from groupnorm.models.maskrcnn import build_mask_rcnn, load_backbone_weights, optimizer_groups
 from groupnorm.nn import BatchNorm, FrozenBatchNorm, GroupNorm
+from groupnorm.train import DetectionConfig, check_configs, lr_at
 from groupnorm.train.records import save_checkpoint
 
 TINY = {
@@ -53,7 +53,7 @@ def test_gn_model_has_gn_in_backbone_fpn_and_heads():
 
 
 def test_bn_star_is_frozen_and_bn_has_per_device_statistics():
-    star = build_mask_rcnn(tiny(backbone_norm="bn:frozen", pretrained="x.pt"), 11, load_weights=False)
+    star = build_mask_rcnn(tiny(backbone_norm="bn:frozen", init="x.pt"), 11)
     frozen = _norms(star.backbone.body, FrozenBatchNorm)
     assert frozen and not any(p.requires_grad for m in frozen for p in m.parameters())
     bn = build_mask_rcnn(tiny(backbone_norm="bn"), 11, devices=4)
@@ -69,7 +69,7 @@ def test_plain_heads_have_no_norm():
 
 
 def test_trainable_layers_freeze_the_stem_and_first_stages():
-    model = build_mask_rcnn(tiny(pretrained="x.pt", trainable_layers=3, backbone_norm="gn:4"), 11, load_weights=False)
+    model = build_mask_rcnn(tiny(init="x.pt", trainable_layers=3, backbone_norm="gn:4"), 11)
     grads = {n: p.requires_grad for n, p in model.backbone.body.named_parameters()}
     assert not any(v for n, v in grads.items() if n.startswith(("conv1", "bn1", "layer1")))
     assert all(v for n, v in grads.items() if n.startswith(("layer2", "layer3", "layer4")))
@@ -85,10 +85,9 @@ def test_a_grey_classifier_checkpoint_loads_into_the_rgb_backbone(tmp_path):
             for m in _norms(clf, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-        path = tmp_path / f"{norm}.pt"
-        save_checkpoint(path, {"model": clf.state_dict(), "epoch": 3})
         det_norm = "bn:frozen" if norm == "bn" else norm
-        model = build_mask_rcnn(tiny(backbone_norm=det_norm, pretrained=str(path)), 11)
+        model = build_mask_rcnn(tiny(backbone_norm=det_norm, init="clf.pt"), 11)
+        load_backbone_weights(model.backbone.body, clf.state_dict())
         grey = torch.rand(2, 1, 64, 64)
         clf.eval()
         model.eval()
@@ -96,16 +95,13 @@ def test_a_grey_classifier_checkpoint_loads_into_the_rgb_backbone(tmp_path):
 
 
 def test_checkpoints_of_another_norm_or_shape_are_rejected(tmp_path):
-    bn = build_model("tvresnet", norm="bn", num_classes=10, in_channels=1, depth=10, width=8)
-    save_checkpoint(tmp_path / "bn.pt", {"model": bn.state_dict()})
+    bn = build_model("tvresnet", norm="bn", num_classes=10, in_channels=1, depth=10, width=8).state_dict()
     gn_body = build_model("tvresnet", norm="gn:4", num_classes=10, in_channels=3, depth=10, width=8)
     with pytest.raises(ValueError, match="same norm"):
-        load_backbone_weights(gn_body, tmp_path / "bn.pt")
+        load_backbone_weights(gn_body, bn)
     wide = build_model("tvresnet", norm="bn", num_classes=10, in_channels=3, depth=10, width=16)
     with pytest.raises(ValueError, match="shapes differ"):
-        load_backbone_weights(wide, tmp_path / "bn.pt")
-    with pytest.raises(FileNotFoundError, match="backbone checkpoint not found"):
-        load_backbone_weights(wide, tmp_path / "nope.pt")
+        load_backbone_weights(wide, bn)
 
 
 def test_no_weight_decay_on_gamma_and_beta():
@@ -118,13 +114,13 @@ def test_no_weight_decay_on_gamma_and_beta():
     assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
 
 
-def test_lr_warms_up_from_a_third_and_steps_down_at_the_milestones():
-    cfg = tiny(epochs=9, warmup_epochs=1.0, images_per_device=2, devices=4)
-    assert cfg.lr == pytest.approx(0.02 * 8 / 16)
-    assert detection_lr(cfg, 0.0) == pytest.approx(cfg.lr / 3)
-    assert detection_lr(cfg, 1.0) == pytest.approx(cfg.lr)
-    assert detection_lr(cfg, 6.0) == pytest.approx(cfg.lr / 10)  # 2/3 of 9 epochs
-    assert detection_lr(cfg, 8.5) == pytest.approx(cfg.lr / 100)  # 8/9
+def test_lr_follows_every_tasks_rule_and_steps_down_at_the_milestones():
+    cfg = tiny(epochs=9, warmup_epochs=1.0, images_per_device=4, devices=4)
+    assert cfg.lr == pytest.approx(0.02 * 4 / 2)  # base_lr x images per device / reference (2)
+    assert lr_at(cfg, 0.0) == pytest.approx(cfg.lr / 10)  # the one warm-up rule: from lr/10
+    assert lr_at(cfg, 1.0) == pytest.approx(cfg.lr)
+    assert lr_at(cfg, 6.0) == pytest.approx(cfg.lr / 10)  # 2/3 of 9 epochs
+    assert lr_at(cfg, 8.5) == pytest.approx(cfg.lr / 100)  # 8/9
 
 
 def test_run_id_hashes_what_changes_results_only():
@@ -132,7 +128,7 @@ def test_run_id_hashes_what_changes_results_only():
     assert a.id == tiny(threads=1, data_dir="/elsewhere", checkpoint_seconds=1.0, eval_batch=2).id
     assert a.id != tiny(seed=1).id != tiny(backbone_norm="gn:4").id
     assert a.id.startswith("scenes64_r10w8_gn4_scratch_4conv1fc-gn4_b2_s0_")
-    assert tiny(backbone_norm="bn:frozen", pretrained="x.pt").id.startswith("scenes64_r10w8_bnfrozen_pre_")
+    assert tiny(backbone_norm="bn:frozen", init="x.pt").id.startswith("scenes64_r10w8_bnfrozen_pre_")
     assert json.loads(json.dumps(a.to_dict()))["scene_items"] == [2, 4]
 
 
@@ -145,7 +141,7 @@ def test_run_id_hashes_what_changes_results_only():
         ({"backbone_norm": "gx"}, "backbone_norm: norm spec: cannot parse 'gx'"),
         ({"trainable_layers": 6}, "trainable_layers must be in 0..5"),
         ({"trainable_layers": 3}, "from scratch trains every layer"),
-        ({"backbone_norm": "bn:frozen", "pretrained": ""}, "bn:frozen"),
+        ({"backbone_norm": "bn:frozen", "init": ""}, "bn:frozen"),
         ({"dataset": "coco"}, "dataset coco needs data_dir"),
         ({"images_per_device": 0}, "images_per_device must be a positive int"),
         ({"milestones": (0.9, 0.5)}, "milestones must be increasing"),
@@ -160,22 +156,20 @@ def test_bad_configs_are_rejected_before_training(kw, words):
 
 def test_check_rejects_indivisible_norms_and_missing_or_unfinished_pretraining(tmp_path):
     with pytest.raises(ValueError, match="does not apply to 16 channels"):
-        check_detection_configs([tiny(backbone_norm="gn:4", head_norm="gn:3")], tmp_path)
-    cfg = tiny(backbone_norm="bn:frozen", pretrained="pre/run/checkpoint.pt", trainable_layers=3)
+        check_configs([tiny(backbone_norm="gn:4", head_norm="gn:3")], tmp_path)
+    cfg = tiny(backbone_norm="bn:frozen", init="pre/run/checkpoint.pt", trainable_layers=3)
     assert DetectionConfig().backbone_norm == "gn"  # the defaults are a valid config: GN from scratch
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        check_detection_configs([cfg], tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        check_configs([cfg], tmp_path)
     run = tmp_path / "pre" / "run"
     run.mkdir(parents=True)
     bn = build_model("tvresnet", norm="bn", num_classes=10, in_channels=1, depth=10, width=8)
     save_checkpoint(run / "checkpoint.pt", {"model": bn.state_dict()})
     (run / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="has not finished"):
-        check_detection_configs([cfg], tmp_path)
+        check_configs([cfg], tmp_path)
     (run / "result.json").write_text("{}")
-    check_detection_configs([cfg], tmp_path)
-    with pytest.raises(ValueError, match="same norm"):
-        check_detection_configs([cfg.replace(backbone_norm="gn:4")], tmp_path)
+    check_configs([cfg], tmp_path)
 
 
 def test_torchvision_imagenet_style_weights_load_and_replace_pretraining(tmp_path):
@@ -187,10 +181,11 @@ def test_torchvision_imagenet_style_weights_load_and_replace_pretraining(tmp_pat
     path = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50().state_dict(), path)
     body = build_model("resnet50", norm="bn:frozen", num_classes=1, in_channels=3)
-    assert load_backbone_weights(body, path) == ["fc.weight", "fc.bias"]  # all but the classifier
+    state = torch.load(path, weights_only=True)
+    assert load_backbone_weights(body, state) == ["fc.weight", "fc.bias"]  # all but the classifier
     preset = experiment.Preset(variants=("bn*", "bn", "gn"), bn_checkpoint=str(path), seeds=(0,))
     assert [c.norm for c in experiment.pretrain_configs(preset)] == [preset.backbone_gn]  # BN is not pre-trained
-    by_variant = {c.variant: c.pretrained for c in experiment.configs(preset)}
+    by_variant = {c.variant: c.init for c in experiment.configs(preset)}
     assert by_variant["bn*"] == by_variant["bn"] == str(path)
     assert by_variant["gn"].startswith("detection/pretrain/")
     with pytest.raises(FileNotFoundError, match="gn_checkpoint not found"):
@@ -200,7 +195,7 @@ def test_torchvision_imagenet_style_weights_load_and_replace_pretraining(tmp_pat
 def test_every_preset_builds(tmp_path):
     """The structural check (each model on the meta device) passes for every preset, the paper's included."""
     from groupnorm.experiments import detection as experiment
-    from groupnorm.experiments.overrides import apply_overrides
+    from groupnorm.train.overrides import apply_overrides
 
     coco = tmp_path / "coco"
     for split in ("train2017", "val2017"):
@@ -212,4 +207,4 @@ def test_every_preset_builds(tmp_path):
             preset = apply_overrides(preset, [f"data_dir={coco}", f"pretrain_data_dir={tmp_path}"])
         cfgs = experiment.configs(preset)
         assert len(cfgs) == len(preset.variants) * len(preset.seeds)
-        check_detection_configs(cfgs, tmp_path, check_weights=False)
+        check_configs(cfgs, tmp_path, check_init=False)

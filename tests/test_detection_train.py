@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from groupnorm.cli import main
-from groupnorm.detection import DetectionConfig, build_mask_rcnn, evaluate_detector, open_datasets, train_detection
-from groupnorm.detection import data as data_module
-from groupnorm.detection.__main__ import main as detection_main
-from groupnorm.detection.train import run_dir_of
+from groupnorm.cli import main as cli_main
+from groupnorm.data import coco as data_module
 from groupnorm.experiments import detection as experiment
-from groupnorm.train import distributed
+from groupnorm.models.maskrcnn import build_mask_rcnn
+from groupnorm.train import DetectionConfig, distributed, run_dir_of
+from groupnorm.train import train_run as train_detection
+from groupnorm.train.detection import evaluate_detector, open_datasets
 from groupnorm.train.records import load_checkpoint, load_records
 
 pytestmark = [
@@ -138,7 +139,7 @@ def test_the_experiment_and_its_report_through_the_cli(tmp_path, capsys):
     pre = load_records(exp / "pretrain")
     assert sorted(r.config["norm"] for r in pre) == ["bn", "gn:4"]
     star = next(r for r in recs if r.config["variant"] == "bn*")
-    assert star.config["pretrained"].startswith("detection/pretrain/") and star.config["trainable_layers"] == 3
+    assert star.config["init"].startswith("detection/pretrain/") and star.config["trainable_layers"] == 3
     report = (exp / "report.md").read_text()
     assert "Tables 4-7" in report and "| BN* | BN* | 4conv1fc, GN (G=4) | pre-trained |" in report
     assert "39.5" in report and "40.0" in report  # the paper's numbers beside ours
@@ -168,9 +169,9 @@ def _sets(cfg_kw: dict) -> list[str]:
 def test_one_run_from_the_command_line(tmp_path, capsys):
     kw = {**SIZES, "backbone_norm": "gn:4", "fpn_norm": "gn:4", "head_norm": "gn:4", "devices": 2, "epochs": 1}
     kw["data_dir"] = str(tmp_path.parent / "scenes")
-    assert detection_main(["--runs", str(tmp_path), *_sets(kw)]) == 0
+    assert cli_main(["train", "--task", "detection", "--runs", str(tmp_path), *_sets(kw)]) == 0
     assert "box AP" in capsys.readouterr().out
-    assert detection_main(["--runs", str(tmp_path), "--set", "head=x"]) == 2
+    assert cli_main(["train", "--task", "detection", "--runs", str(tmp_path), "--set", "head=x"]) == 2
     assert "head must be one of 2fc, 4conv1fc; got 'x'" in capsys.readouterr().err
 
 
@@ -185,7 +186,7 @@ def test_torchrun_two_processes_train_and_evaluate_together(tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    cmd += ["-m", "groupnorm.detection", "--runs", str(tmp_path / "runs"), *_sets(kw)]
+    cmd += ["-m", "groupnorm", "train", "--task", "detection", "--runs", str(tmp_path / "runs"), *_sets(kw)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (result_path,) = (tmp_path / "runs" / "detection").glob("*/result.json")

@@ -10,9 +10,9 @@ from groupnorm.cli import main
 from groupnorm.experiments import features
 from groupnorm.models import VGG, build_model
 from groupnorm.train import TrainConfig, load_records, run_dir_of, train_run
-from groupnorm.train import loop as loop_module
+from groupnorm.train import check_configs as check_buildable
+from groupnorm.train import records as records_module
 from groupnorm.train.config import hashed_fields
-from groupnorm.train.loop import check_buildable
 from groupnorm.train.probe import percentiles, probe_percentiles
 from groupnorm.train.records import read_probes
 
@@ -121,7 +121,7 @@ def test_probes_resume_exactly_after_an_interruption(tmp_path, monkeypatch):
     whole = train_run(cfg, tmp_path / "whole", log=lambda m: None)
 
     saves = []
-    real_save = loop_module.save_checkpoint
+    real_save = records_module.save_checkpoint
 
     def save_then_stop(path, state):
         real_save(path, state)
@@ -129,12 +129,12 @@ def test_probes_resume_exactly_after_an_interruption(tmp_path, monkeypatch):
         if len(saves) == 3:  # in epoch 1, after step 9
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(records_module, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, tmp_path / "cut", log=lambda m: None)
     cut_dir = run_dir_of(cfg, tmp_path / "cut")
     assert [p["iteration"] for p in read_probes(cut_dir)] == [0, 5]  # what the checkpoint holds, no more
-    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(records_module, "save_checkpoint", real_save)
     resumed = train_run(cfg, tmp_path / "cut", log=lambda m: None)
 
     assert read_probes(cut_dir) == read_probes(run_dir_of(cfg, tmp_path / "whole"))

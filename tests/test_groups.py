@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from groupnorm.cli import main
-from groupnorm.experiments import groups
+from groupnorm.experiments import groups, run_experiment
 from groupnorm.models import build_model
 from groupnorm.nn import GroupNorm
 from groupnorm.report.groups import Cell, build_report, setting_of, verdict
-from groupnorm.train.loop import check_buildable
+from groupnorm.train import check_configs as check_buildable
 from groupnorm.train.records import Record
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -82,7 +82,7 @@ def test_a_setting_that_does_not_fit_is_rejected_before_training(tmp_path, chang
     preset = dataclasses.replace(groups.PRESETS["smoke"], **{**grid, **change})
     trained = []
     with pytest.raises(ValueError) as err:
-        groups.run(preset, tmp_path, log=trained.append)
+        run_experiment(groups, preset, tmp_path, log=trained.append)
     for w in words:
         assert w in str(err.value)
     assert not (tmp_path / groups.NAME).exists()  # nothing trained, no record written
@@ -110,7 +110,7 @@ def rows_of(records):
     rows = {}
     for r in records:
         axis, value = setting_of(r.config["norm"])
-        rows.setdefault(axis, {}).setdefault(value, Cell(axis, value, r.config["norm"])).records.append(r)
+        rows.setdefault(axis, {}).setdefault(value, Cell((axis, value))).records.append(r)
     return rows
 
 

@@ -51,7 +51,7 @@ def cells_of(records):
     cells = {}
     for r in records:
         key = (r.config["norm"], r.config["images_per_device"])
-        cells.setdefault(key, Cell(*key, 8)).records.append(r)
+        cells.setdefault(key, Cell(key)).records.append(r)
     return cells
 
 

@@ -92,7 +92,7 @@ def test_run_id_hashes_what_changes_results_only():
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"schedule": "linear"}, "schedule must be one of cosine, step"),
         ({"depth": 9}, r"6n\+2"),
-        ({"images_per_device": 0}, "images_per_device must be >= 1"),
+        ({"images_per_device": 0}, "images_per_device must be a positive int"),
         ({"model": "vit"}, "model must be one of"),
     ],
 )

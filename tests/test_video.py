@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from groupnorm.cli import main
-from groupnorm.experiments import EXPERIMENTS, video
+from groupnorm.experiments import EXPERIMENTS, run_experiment, video
 from groupnorm.experiments.video import PRESETS, Preset, configs, grid_pairs
 from groupnorm.report import REPORTS
 from groupnorm.report.video import build_report
-from groupnorm.train import TrainConfig, train_run
+from groupnorm.train import VideoConfig, load_records
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,8 @@ def test_quick_preset_is_table_8s_grid_scaled_down():
     cfgs = configs(PRESETS["quick"])
     assert grid_pairs(PRESETS["quick"]) == [(8, 8), (8, 4), (16, 4)]  # the paper's 32/8, 32/4, 64/4
     assert len(cfgs) == 3 * 2 * len(PRESETS["quick"].seeds)
-    assert {c.dataset for c in cfgs} == {"moving-fashion-t8", "moving-fashion-t16"}
+    assert {(c.dataset, c.frames) for c in cfgs} == {("moving-fashion", 8), ("moving-fashion", 16)}
+    assert {c.data_name() for c in cfgs} == {"moving-fashion-t8", "moving-fashion-t16"}
     assert {(c.norm, c.devices) for c in cfgs} == {("bn", 8), ("gn:8", 8)}
     for c in cfgs:
         assert c.lr == pytest.approx(0.1 * c.images_per_device / 8)
@@ -79,7 +80,7 @@ def test_bad_presets_are_rejected_before_training(kw, words):
 def test_a_spec_that_does_not_fit_the_model_fails_before_anything_trains(tmp_path, cache):
     preset = dataclasses.replace(PRESETS["smoke"], norms=("gn:5",))
     with pytest.raises(ValueError, match="gn:5"):
-        video.run(preset, tmp_path, log=lambda m: None)
+        run_experiment(video, preset, tmp_path, log=lambda m: None)
     assert not list((tmp_path / "video").glob("*/config.json"))
 
 
@@ -99,11 +100,12 @@ def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache,
     run_dirs = sorted(p.parent for p in exp.glob("*/result.json"))
     assert len(run_dirs) == 6
     for d in run_dirs:
-        ev = json.loads((d / "eval.json").read_text())
+        result = json.loads((d / "result.json").read_text())
         metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-        assert 0 <= ev["top1"] <= ev["top5"] <= 100 and ev["val_clips"] == 128 and ev["num_classes"] == 32
-        # the final checkpoint evaluated again gives the engine's last val error
-        assert ev["top1"] == pytest.approx(100 - metrics[-1]["val_error"], abs=1e-6)
+        assert 0 <= result["top1"] <= result["top5"] <= 100
+        # the final model's top-1 / top-5 on the val clips: the last epoch's evaluation
+        assert result["top1"] == pytest.approx(100 - metrics[-1]["val_error"], abs=1e-9)
+        assert result["top5"] == pytest.approx(100 - metrics[-1]["val_top5_error"], abs=1e-9)
     report = (exp / "report.md").read_text()
     assert "Table 8" in report and "### Verdict" in report and "32 / 8" in report and "64 / 4" in report
     assert "73.3 / 90.7" in report  # the paper's BN at 32 frames, 8 per GPU
@@ -115,48 +117,40 @@ def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache,
     assert "Verdict" in out
 
     stamps = {d: (d / "result.json").stat().st_mtime_ns for d in run_dirs}
-    evals = {d: (d / "eval.json").stat().st_mtime_ns for d in run_dirs}
     assert main(["reproduce", "video", "--preset", "smoke", "--runs", str(runs), "--jobs", "1"]) == 0
     assert "6 already finished" in capsys.readouterr().out
     assert all((d / "result.json").stat().st_mtime_ns == stamps[d] for d in run_dirs)
-    assert all((d / "eval.json").stat().st_mtime_ns == evals[d] for d in run_dirs)
 
 
 @pytest.mark.slow
-def test_resnet3d_inflated_pretrains_its_2d_source_once(tmp_path, cache, monkeypatch, single_thread):
-    monkeypatch.setitem(video.PRETRAIN, "train_images", 256)
-    monkeypatch.setitem(video.PRETRAIN, "val_images", 128)
-    monkeypatch.setitem(video.PRETRAIN, "epochs", 1)
-    monkeypatch.setitem(video.PRETRAIN, "images_per_device", 8)
-    monkeypatch.setitem(video.PRETRAIN, "devices", 2)
+def test_resnet3d_inflated_starts_each_run_from_a_2d_run_of_the_experiment(tmp_path, cache, monkeypatch, single_thread):
+    for key, value in {
+        "train_images": 256,
+        "val_images": 128,
+        "epochs": 1,
+        "images_per_device": 8,
+        "devices": 2,
+    }.items():
+        monkeypatch.setitem(video.PRETRAIN, key, value)
+    preset = dataclasses.replace(
+        PRESETS["smoke"], model="resnet3d-inflated", norms=("gn:4",), clip_lengths=(4,), clips_per_device=(4,),
+        width=8, train_clips=64, val_clips=32, epochs=1, devices=2,
+    )  # fmt: skip
+    (pre,) = video.pretrain_configs(preset)
+    (cfg,) = configs(preset)
+    assert cfg.model == "resnet3d" and cfg.init == f"video/pretrain/{pre.id}/checkpoint.pt" and not cfg.zero_init_last
     logs = []
-    paths = video.ensure_pretrained(["gn:4"], depth=8, width=8, jobs=1, log=logs.append)
-    assert paths[0].is_file() and any("source ready" in m for m in logs)
-    assert video.ensure_pretrained(["gn:4"], depth=8, width=8, jobs=1, log=logs.append) == paths
-    assert sum("pretraining" in m for m in logs) == 1
-    cfg = TrainConfig(
-        experiment="video",
-        dataset="moving-fashion-t4",
-        model="resnet3d-inflated",
-        width=8,
-        norm="gn:4",
-        zero_init_last=False,
-        images_per_device=4,
-        devices=2,
-        train_images=64,
-        val_images=32,
-        epochs=1,
-        median_last=1,
-        reference_images_per_device=8,
-    )
-    assert train_run(cfg, tmp_path, progress=False)["status"] == "finished"
-    assert video.evaluate_runs(tmp_path / "video", log=lambda m: None) == 1
+    run_experiment(video, preset, tmp_path, jobs=1, log=logs.append)
+    assert [r.finished for r in load_records(tmp_path / "video" / "pretrain")] == [True]
+    assert [r.result["status"] for r in load_records(tmp_path / "video")] == ["finished"]
+    run_experiment(video, preset, tmp_path, jobs=1, log=logs.append)  # nothing trains twice
+    assert sum("already finished" in m for m in logs) == 4 and sum("pre-training" in m for m in logs) == 2
 
 
 def _fake_run(root: Path, norm: str, frames: int, per_device: int, seed: int, top1: float, top5: float | None):
-    cfg = TrainConfig(
+    cfg = VideoConfig(
         experiment="video",
-        dataset=f"moving-fashion-t{frames}",
+        frames=frames,
         model="resnet3d",
         norm=norm,
         images_per_device=per_device,
@@ -171,9 +165,8 @@ def _fake_run(root: Path, norm: str, frames: int, per_device: int, seed: int, to
     (d / "config.json").write_text(json.dumps(cfg.to_dict()))
     lines = [{"epoch": e, "train_error": 50.0, "val_error": 100 - top1 + 2 - e, "seconds": e} for e in (1, 2)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
-    (d / "result.json").write_text(json.dumps({"status": "finished", "error": 100 - top1, "train_error": 50.0}))
-    if top5 is not None:
-        (d / "eval.json").write_text(json.dumps({"top1": top1, "top5": top5}))
+    result = {"status": "finished", "error": 100 - top1, "train_error": 50.0, "top1": top1, "top5": top5}
+    (d / "result.json").write_text(json.dumps(result))
 
 
 def _table(root, accuracies, with_eval=True):
@@ -220,7 +213,6 @@ def test_verdict_says_plainly_when_it_does_not_hold(tmp_path):
     text = build_report(exp).read_text()
     assert "**Table 8's direction does not hold here**" in text
     assert "one seed" in text
-    assert "have no eval.json" in text  # top-5 blank, top-1 from the engine's median val error
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path):

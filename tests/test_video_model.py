@@ -13,7 +13,6 @@ from groupnorm.models.resnet3d import (
     inflate_state_dict,
     inflate_weight,
     load_inflated,
-    pretrained_2d_path,
     temporal_kernels,
 )
 from groupnorm.nn import GroupNorm
@@ -48,7 +47,7 @@ def test_forward_shapes_and_temporal_kernels():
 
 
 def test_registered_builders():
-    for name in ("resnet3d", "resnet3d-inflated", "i3d-resnet50"):
+    for name in ("resnet3d", "i3d-resnet50"):
         assert name in MODELS
     model = build_model("resnet3d", norm="gn:8", num_classes=16, in_channels=1)
     assert isinstance(model.blocks[0], BasicBlock3d) and model.stem[0].stride == (1, 2, 2)
@@ -162,20 +161,23 @@ def test_inflation_reports_what_it_did_and_checks_its_source(tmp_path):
         load_inflated(small("gn:4"), {"other.weight": torch.zeros(3)})
 
 
-def test_resnet3d_inflated_starts_from_the_pretrained_2d_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("GROUPNORM_CACHE", str(tmp_path))
-    kw = {"norm": "gn:4", "num_classes": 16, "in_channels": 1, "depth": 8, "width": 8}
-    with torch.device("meta"):  # the engine's build check needs no checkpoint
-        build_model("resnet3d-inflated", **kw)
-    with pytest.raises(FileNotFoundError, match="ensure_pretrained"):
-        build_model("resnet3d-inflated", **kw)
+def test_the_video_task_inflates_its_init_and_keeps_the_pretrained_gammas(tmp_path):
+    from groupnorm.train import VideoConfig, VideoTask
+    from groupnorm.train.distributed import Dist
+    from groupnorm.train.engine import load_init
+
     net2d = CifarResNet(8, 8, 10, 1, norm_factory("gn:4"))
-    path = pretrained_2d_path("gn:4", 8, 8)
-    path.parent.mkdir(parents=True)
-    torch.save({"model": net2d.state_dict()}, path)
-    model = build_model("resnet3d-inflated", **kw)
+    with torch.no_grad():
+        net2d.blocks[0].norm2.weight.fill_(0.5)
+    (tmp_path / "pre").mkdir()
+    torch.save({"model": net2d.state_dict(), "epoch": 4}, tmp_path / "pre" / "checkpoint.pt")  # an engine checkpoint
+    cfg = VideoConfig(norm="gn:4", width=8, frames=4, init="pre/checkpoint.pt", zero_init_last=False)
+    model = build_model("resnet3d", norm="gn:4", num_classes=32, in_channels=1, depth=8, width=8, zero_init_last=False)
+    VideoTask(cfg, Dist(0, 1, 0, torch.device("cpu")), 1, tmp_path).initialize(model, load_init(cfg, tmp_path))
     torch.testing.assert_close(model.blocks[0].norm2.weight, net2d.blocks[0].norm2.weight)  # not re-zeroed
-    torch.testing.assert_close(model.blocks[1].conv2.weight[:, :, 0], net2d.blocks[1].conv2.weight)
+    torch.testing.assert_close(model.blocks[1].conv2.weight[:, :, 0], net2d.blocks[1].conv2.weight)  # a 1-frame kernel here
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_init(cfg.replace(init="nope.pt"), tmp_path)
 
 
 def test_i3d_resnet50_takes_the_engine_resnet50_weights_by_name():

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from groupnorm.experiments import EXPERIMENTS
-from groupnorm.experiments.overrides import OverrideError, apply_overrides
+from groupnorm.experiments import EXPERIMENTS, run_experiment
+from groupnorm.train.overrides import OverrideError, apply_overrides
 from groupnorm.train.sweep import SweepFailed
 
 __all__ = ["main"]
@@ -30,6 +30,7 @@ examples:
   groupnorm reproduce video                        Table 8: 3D ResNets on moving Fashion-MNIST clips (~20 min)
   groupnorm reproduce detection                    Tables 4-7: Mask R-CNN on generated scenes (see docs/results.md)
   groupnorm train --set norm=gn:8 --set images_per_device=2
+  groupnorm train --task detection --set backbone_norm=gn:8 --set width=16 --set fpn_channels=32
   groupnorm sweep --norms bn gn:8 --images-per-device 32 4 1 --seeds 0 1
   groupnorm report batch-sizes
   torchrun --nproc_per_node 8 -m groupnorm reproduce --preset paper --set data_dir=/data/imagenet
@@ -37,6 +38,31 @@ examples:
 Records go under --runs (default ./runs): runs/<experiment>/<run-id>/{config.json, metrics.jsonl,
 result.json, checkpoint.pt}. Re-running skips finished runs and resumes interrupted ones.
 """
+
+
+TASK_CONFIGS = {"classification": "TrainConfig", "video": "VideoConfig", "detection": "DetectionConfig"}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of runs at once; got {text!r}")
+    return value
+
+
+def _runs_dir(text: str) -> Path:
+    """--runs: a directory that exists or can be made, and that this user can write."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot create the records directory {text!r}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"the records directory {text!r} is not writable by this user")
+    return path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--runs", type=Path, default=Path("runs"), help="directory of the records (default: ./runs)")
+        p.add_argument(
+            "--runs", type=_runs_dir, default=Path("runs"), help="directory of the records (default: ./runs)"
+        )
         p.add_argument(
             "--set",
             dest="overrides",
@@ -88,14 +116,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"which experiment (default: {DEFAULT_EXPERIMENT})",
     )
     rep.add_argument("--preset", default="quick", help="smoke | quick (default) | full | paper")
-    rep.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per CPU core, 1 on GPU)")
+    rep.add_argument("--jobs", type=_positive, default=None, help="runs at once (default: one per CPU core, 1 on GPU)")
     common(rep)
 
     train = sub.add_parser(
         "train",
         help="train one run",
-        description="Train (or resume) one run; every field of TrainConfig can be --set.",
+        description="Train (or resume) one run of a task; every field of the task's config can be --set "
+        "(classification: TrainConfig, video: VideoConfig, detection: DetectionConfig, in groupnorm.train).",
     )
+    train.add_argument("--task", choices=sorted(TASK_CONFIGS), default="classification", help="default: classification")
     common(train)
 
     sweep = sub.add_parser("sweep", help="train a grid of norms x images per device x seeds")
@@ -103,7 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--images-per-device", nargs="+", type=int, default=[32, 2], help="default: 32 2")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
     sweep.add_argument("--experiment", default="sweep", help="records go to runs/<experiment> (default: sweep)")
-    sweep.add_argument("--jobs", type=int, default=None)
+    sweep.add_argument("--jobs", type=_positive, default=None, help="runs at once (default: one per CPU core)")
     common(sweep)
 
     report = sub.add_parser("report", help="rebuild an experiment's report from its records")
@@ -114,6 +144,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"experiment name or records directory (default: {DEFAULT_EXPERIMENT})",
     )
     report.add_argument("--runs", type=Path, default=Path("runs"))
+    report.add_argument("--as", dest="kind", default=None, help="which report a records directory gets "
+                        "(default: the directory's name; a sweep's records: batch-sizes)")  # fmt: skip
     return parser
 
 
@@ -128,7 +160,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         f"groupnorm: {args.experiment}, preset {args.preset}, records in {args.runs / module.NAME}",
         flush=True,
     )
-    module.run(preset, args.runs, jobs=args.jobs)
+    run_experiment(module, preset, args.runs, jobs=args.jobs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the report
         return 0
     report = build_report(module.NAME, args.runs / module.NAME)
@@ -148,15 +180,20 @@ def _verdict_of(report: Path) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from groupnorm.train import TrainConfig, train_run
+    import groupnorm.train as train
 
-    cfg = apply_overrides(TrainConfig(), args.overrides)
-    result = train_run(cfg, args.runs)
+    cfg = apply_overrides(getattr(train, TASK_CONFIGS[args.task])(), args.overrides)
+    train.check_configs([cfg], args.runs)
+    result = train.train_run(cfg, args.runs)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"{cfg.id}: error {result['error']:.2f}% (median of the last {cfg.median_last} epochs), "
-            f"train error {result['train_error']:.2f}%, {result['status']}"
-        )
+        if "bbox_AP" in result:
+            ap = result["bbox_AP"]
+            print(f"{cfg.id}: box AP {ap}, mask AP {result['segm_AP']} (COCOeval, %), {result['status']}")
+        else:
+            print(
+                f"{cfg.id}: error {result['error']:.2f}% (median of the last {cfg.median_last} epochs), "
+                f"train error {result['train_error']:.2f}%, {result['status']}"
+            )
     return 0
 
 
@@ -176,7 +213,7 @@ def _sweep(args: argparse.Namespace) -> int:
     for c in configs:  # fail before training anything
         parse_norm_spec(c.norm)
     run_sweep(configs, args.runs, jobs=args.jobs)
-    print(f"\nReport: {build_report(args.experiment, args.runs / args.experiment)}")
+    print(f"\nReport: {build_report('batch-sizes', args.runs / args.experiment)}")
     return 0
 
 
@@ -185,8 +222,7 @@ def _report(args: argparse.Namespace) -> int:
 
     given = Path(args.experiment)
     directory = given if given.is_dir() else args.runs / args.experiment
-    name = directory.name
-    print(build_report(name, directory))
+    print(build_report(args.kind or directory.name, directory))
     return 0
 
 
@@ -210,3 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -45,6 +45,7 @@ from groupnorm.data.loader import Augment
 from groupnorm.io import atomic_write_bytes, cache_dir
 
 __all__ = [
+    "CLIP_FAMILIES",
     "CLIP_LENGTHS",
     "ClipParams",
     "MovingFashion",
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 CLIP_LENGTHS = (2, 4, 8, 12, 16, 24, 32, 48, 64)
+CLIP_FAMILIES = ("moving-fashion", "clips")  # generated moving Fashion-MNIST, or a folder of clips
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 _COMPASS = {
     8: ("E", "NE", "N", "NW", "W", "SW", "S", "SE"),
@@ -440,10 +442,10 @@ def _clip_folder_loader(frames: int):
 def _register() -> None:
     recipe = MovingFashion()
     for t in CLIP_LENGTHS:
-        register_dataset(f"moving-fashion-t{t}", _moving_fashion_loader(t), 1, recipe.num_classes)
+        register_dataset(f"moving-fashion-t{t}", _moving_fashion_loader(t), 1, recipe.num_classes, clips=True)
         # in_channels and num_classes of a folder are known once it is read: these two are placeholders
         # for the engine's build check (the model trained is built from the data as loaded).
-        register_dataset(f"clips-t{t}", _clip_folder_loader(t), 3, 1000)
+        register_dataset(f"clips-t{t}", _clip_folder_loader(t), 3, 1000, clips=True)
 
 
 _register()
@@ -468,7 +470,7 @@ def split_dataset_name(name: str) -> tuple[str, int]:
 
 def clip_dataset_name(family: str, frames: int) -> str:
     """'moving-fashion-t8' from ('moving-fashion', 8); ValueError naming the registered lengths."""
-    if family not in ("moving-fashion", "clips"):
+    if family not in CLIP_FAMILIES:
         raise ValueError(f"clip dataset family must be 'moving-fashion' or 'clips'; got {family!r}")
     if frames not in CLIP_LENGTHS:
         raise ValueError(f"clip length must be one of {', '.join(map(str, CLIP_LENGTHS))}; got {frames!r}")

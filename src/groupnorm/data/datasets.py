@@ -16,7 +16,7 @@ from groupnorm.data.fashion_mnist import CLASSES as FASHION_CLASSES
 from groupnorm.data.fashion_mnist import load_fashion_mnist
 from groupnorm.data.loader import Augment
 
-__all__ = ["LOADERS", "ImageData", "dataset_shape", "load_image_data", "register_dataset"]
+__all__ = ["LOADERS", "ImageData", "dataset_shape", "image_datasets", "load_image_data", "register_dataset"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,22 @@ LOADERS: dict[str, tuple[Callable[[str | None], tuple], int, int]] = {
 }
 
 
-def register_dataset(name: str, loader: Callable[[str | None], tuple], in_channels: int, num_classes: int) -> None:
+CLIP_DATASETS: set[str] = set()  # registered datasets of clips (N, C, T, H, W)
+
+
+def register_dataset(
+    name: str, loader: Callable[[str | None], tuple], in_channels: int, num_classes: int, *, clips: bool = False
+) -> None:
     """Make ``name`` a dataset of the engine. ``loader(data_dir)`` returns (train uint8 (N, C, *, H, W),
-    train labels, val images, val labels, class names, Augment)."""
+    train labels, val images, val labels, class names, Augment); ``clips``: its items are clips."""
     LOADERS[name] = (loader, in_channels, num_classes)
+    if clips:
+        CLIP_DATASETS.add(name)
+
+
+def image_datasets() -> tuple[str, ...]:
+    """The registered datasets of images (not clips)."""
+    return tuple(name for name in LOADERS if name not in CLIP_DATASETS)
 
 
 def dataset_shape(name: str) -> tuple[int, int]:

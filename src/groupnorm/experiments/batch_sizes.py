@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from groupnorm.data.cifar10 import find_cifar10
 from groupnorm.train.config import TrainConfig, config_from
-from groupnorm.train.records import Record, load_records
-from groupnorm.train.sweep import run_sweep
 
-__all__ = ["NAME", "PRESETS", "Preset", "configs", "run"]
+__all__ = ["NAME", "PRESETS", "Preset", "configs"]
 
 NAME = "batch-sizes"
 
@@ -103,11 +100,3 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
                         )
                     )
     return out
-
-
-def run(
-    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
-) -> list[Record]:
-    """Train every run of ``preset`` not yet finished under ``runs_dir``; return the experiment's records."""
-    run_sweep(configs(preset, log), runs_dir, jobs=jobs, log=log)
-    return load_records(Path(runs_dir) / NAME)

@@ -3,11 +3,12 @@
 Two stages, both records under ``runs/detection``:
 
 1. pre-training: the backbone (a torchvision-style ResNet) is trained as a classifier by the
-   classification engine (groupnorm.train.train_run) with BN and with GN, as the paper
-   transfers its ImageNet models; records in ``runs/detection/pretrain/<run-id>/``;
-2. detection: Mask R-CNN (ResNet-FPN) fine-tuned from those checkpoints, or trained from
-   scratch, on a COCO-format dataset (by default scenes of real Fashion-MNIST items) at 2
-   images per (virtual) device, evaluated with COCOeval; records in ``runs/detection/<run-id>/``.
+   run engine's classification task with BN and with GN, as the paper transfers its ImageNet
+   models; records in ``runs/detection/pretrain/<run-id>/``;
+2. detection: Mask R-CNN (ResNet-FPN) fine-tuned from those checkpoints (each run's ``init``),
+   or trained from scratch, on a COCO-format dataset (by default scenes of real Fashion-MNIST
+   items) at 2 images per (virtual) device, evaluated with COCOeval; records in
+   ``runs/detection/<run-id>/``.
 
 The variants (``Preset.variants``):
 
@@ -23,14 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from groupnorm.detection.config import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
-from groupnorm.detection.train import check_detection_configs, dataset_paths, detection_cost, train_detection
-from groupnorm.train.config import TrainConfig
-from groupnorm.train.records import CHECKPOINT, Record, load_records
-from groupnorm.train.sweep import run_sweep
+from groupnorm.train.config import TrainConfig, config_from
+from groupnorm.train.detection import dataset_paths
+from groupnorm.train.detection_config import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
+from groupnorm.train.records import CHECKPOINT
 
 __all__ = [
     "NAME",
@@ -40,8 +39,8 @@ __all__ = [
     "Preset",
     "Variant",
     "configs",
+    "prepare",
     "pretrain_configs",
-    "run",
 ]
 
 NAME = "detection"
@@ -88,10 +87,11 @@ class Preset:
     and 1024); per image 64 RPN anchors (paper 256), 300 / 100 proposals before / after NMS in training
     (paper 2000 / 2000 per level and image), 64 RoIs for the box head (paper 512) and 50 detections
     (paper 100); 2 images on each of 4 virtual devices (paper 8 GPUs), 12 epochs of 100 steps with lr/10
-    at 2/3 and 8/9 of them (Detectron's 1x shape). The lr is 0.06 per 16 images, three times the
-    paper's: at 0.02 the heads had learned little by the end of so short a schedule (GN variant: box AP
-    2.5 at the end of a 6-epoch schedule, against 15.8 after 6 epochs at 0.06, 30.0 after 15 and 36.2
-    once the lr dropped; docs/results/detection.md).
+    at 2/3 and 8/9 of them (Detectron's 1x shape). The lr is 0.03 at 2 images per device (every task's
+    rule: base_lr x images per device / 2), three times the paper's 0.02 per 16 images at this batch of
+    8: at the paper's lr the heads had learned little by the end of so short a schedule (GN variant: box
+    AP 2.5 at the end of a 6-epoch schedule, against 15.8 after 6 epochs at three times that lr, 30.0
+    after 15 and 36.2 once the lr dropped; docs/results/detection.md).
     """
 
     variants: tuple[str, ...] = ("bn*", "bn", "gn")
@@ -145,7 +145,7 @@ class Preset:
     devices: int = 4
     epochs: int = 12
     scratch_epochs: int = 0  # from-scratch variants (0: epochs; the paper trains them longer)
-    base_lr: float = 0.06  # per 16 images; the paper's 0.02 learns too slowly in this short a schedule (see below)
+    base_lr: float = 0.03  # at 2 images per device; 3x the paper's lr at this batch (see above)
     warmup_epochs: float = 0.5
     eval_every: int = 4
 
@@ -189,6 +189,7 @@ PRESETS: dict[str, Preset] = {
         devices=8,
         epochs=24,
         scratch_epochs=48,
+        base_lr=0.06,  # 3x the paper's 0.02 at 8 x 2 images
         eval_every=4,
     ),
     # The paper's setting for a lab: ResNet-50-FPN on COCO 2017 (data_dir), backbones pre-trained on
@@ -265,6 +266,7 @@ def _pretrain_norm(preset: Preset, variant: Variant) -> str:
 
 
 def _pretrain_config(preset: Preset, norm: str) -> TrainConfig:
+    folder = preset.pretrain_dataset == "imagefolder"
     return TrainConfig(
         experiment=PRETRAIN_EXPERIMENT,
         dataset=preset.pretrain_dataset,
@@ -276,8 +278,8 @@ def _pretrain_config(preset: Preset, norm: str) -> TrainConfig:
         images_per_device=preset.pretrain_images_per_device,
         devices=preset.pretrain_devices,
         epochs=preset.pretrain_epochs,
-        schedule="step" if preset.pretrain_dataset == "imagefolder" else "cosine",
-        warmup_epochs=0.0 if preset.pretrain_dataset == "imagefolder" else 1.0,
+        schedule="step" if folder else "cosine",
+        warmup_epochs=0.0 if folder else 1.0,
         data_dir=preset.pretrain_data_dir,
     )
 
@@ -309,91 +311,41 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[Detectio
     out = []
     for name in preset.variants:
         v = VARIANTS[name]
-        pretrained = ""
+        init = ""
         if v.pretrained:
             norm = _pretrain_norm(preset, v)
-            pretrained = _given_checkpoint(preset, norm)
-            if not pretrained:
-                pretrained = f"{PRETRAIN_EXPERIMENT}/{_pretrain_config(preset, norm).id}/{CHECKPOINT}"
+            init = (
+                _given_checkpoint(preset, norm)
+                or f"{PRETRAIN_EXPERIMENT}/{_pretrain_config(preset, norm).id}/{CHECKPOINT}"
+            )
         head_norm = preset.head_gn if v.heads == "gn" else "none"
         for seed in preset.seeds:
             out.append(
-                DetectionConfig(
+                config_from(
+                    preset,
+                    DetectionConfig,
                     experiment=NAME,
                     variant=name,
-                    dataset=preset.dataset,
-                    data_dir=preset.data_dir,
-                    train_split=preset.train_split,
-                    val_split=preset.val_split,
-                    scene_seed=preset.scene_seed,
-                    scene_train=preset.scene_train,
-                    scene_val=preset.scene_val,
-                    scene_size=preset.scene_size,
-                    scene_items=preset.scene_items,
-                    scene_scales=preset.scene_scales,
-                    min_size=preset.min_size,
-                    max_size=preset.max_size,
                     image_mean=mean,
                     image_std=std,
                     fashion_mnist_dir=preset.pretrain_data_dir if preset.pretrain_dataset == "fashion-mnist" else "",
-                    backbone=preset.backbone,
-                    depth=preset.depth,
-                    width=preset.width,
                     backbone_norm=_backbone_norm(preset, v),
-                    pretrained=pretrained,
+                    init=init,
                     trainable_layers=preset.trainable_layers if v.pretrained else 5,
-                    fpn_channels=preset.fpn_channels,
                     fpn_norm=head_norm,
                     head="4conv1fc" if v.heads == "gn" else "2fc",
                     head_norm=head_norm,
-                    head_channels=preset.head_channels,
-                    fc_channels=preset.fc_channels,
-                    box_pool=preset.box_pool,
-                    mask_pool=preset.mask_pool,
-                    anchor_size=preset.anchor_size,
-                    rpn_batch_per_image=preset.rpn_batch_per_image,
-                    rpn_pre_nms_train=preset.rpn_pre_nms_train,
-                    rpn_post_nms_train=preset.rpn_post_nms_train,
-                    rpn_pre_nms_test=preset.rpn_pre_nms_test,
-                    rpn_post_nms_test=preset.rpn_post_nms_test,
-                    box_batch_per_image=preset.box_batch_per_image,
-                    detections_per_image=preset.detections_per_image,
-                    images_per_device=preset.images_per_device,
-                    devices=preset.devices,
                     epochs=preset.epochs if v.pretrained else (preset.scratch_epochs or preset.epochs),
-                    base_lr=preset.base_lr,
-                    warmup_epochs=preset.warmup_epochs,
-                    eval_every=preset.eval_every,
                     seed=seed,
                 )
             )
     return out
 
 
-def run(
-    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
-) -> list[Record]:
-    """Pre-train the backbones, then train and evaluate every detection run not yet finished; return the records."""
-    runs_dir = Path(runs_dir)
-    detection = configs(preset, log)  # rejects a bad preset before anything trains ...
-    check_detection_configs(detection, runs_dir, check_weights=False)  # ... and a model a norm spec does not fit
+def prepare(preset: Preset, cfgs: list[DetectionConfig], runs_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Generate the scene dataset once, before parallel runs read it."""
     if preset.dataset == "scenes":
-        paths = dataset_paths(detection[0], generate=False)
+        paths = dataset_paths(cfgs[0], generate=False)
         if not paths["val"][1].is_file():
             log(f"detection: generating the scene dataset in {paths['val'][1].parent.parent} (once)")
-        dataset_paths(detection[0])
-    pre = pretrain_configs(preset)
-    if pre:
-        log(f"detection: pre-training {len(pre)} backbone(s) with the classification engine")
-        run_sweep(pre, runs_dir, jobs=jobs, log=log)
-    log(f"detection: {len(detection)} Mask R-CNN runs")
-    run_sweep(
-        detection,
-        runs_dir,
-        jobs=jobs,
-        log=log,
-        train=train_detection,
-        cost=detection_cost,
-        check=partial(check_detection_configs, runs_dir=runs_dir),
-    )
-    return load_records(runs_dir / NAME)
+        dataset_paths(cfgs[0])

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from groupnorm.train.config import TrainConfig, config_from
-from groupnorm.train.records import Record, load_records
-from groupnorm.train.sweep import run_sweep
 
-__all__ = ["NAME", "PRESETS", "Preset", "configs", "run"]
+__all__ = ["NAME", "PRESETS", "Preset", "configs"]
 
 NAME = "features"
 
@@ -101,11 +98,3 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
         for norm in preset.norms
         for seed in preset.seeds
     ]
-
-
-def run(
-    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
-) -> list[Record]:
-    """Train every run of ``preset`` not yet finished under ``runs_dir``; return the experiment's records."""
-    run_sweep(configs(preset, log), runs_dir, jobs=jobs, log=log)
-    return load_records(Path(runs_dir) / NAME)

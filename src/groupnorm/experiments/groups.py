@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from groupnorm.train.config import TrainConfig, config_from
-from groupnorm.train.records import Record, load_records
-from groupnorm.train.sweep import run_sweep
 
-__all__ = ["NAME", "PRESETS", "Preset", "configs", "group_spec", "run"]
+__all__ = ["NAME", "PRESETS", "Preset", "configs", "group_spec"]
 
 NAME = "groups"
 
@@ -108,15 +105,3 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
         for norm in specs
         for seed in preset.seeds
     ]
-
-
-def run(
-    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
-) -> list[Record]:
-    """Train every run of ``preset`` not yet finished under ``runs_dir``; return the experiment's records.
-
-    Every setting is built on the meta device first: one that does not divide some layer's channels
-    raises ValueError, naming the run and the layer's width, before anything trains.
-    """
-    run_sweep(configs(preset, log), runs_dir, jobs=jobs, log=log)
-    return load_records(Path(runs_dir) / NAME)

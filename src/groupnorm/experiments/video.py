@@ -6,52 +6,32 @@ GN gains more than BN. Here, at small scale: a 3D ResNet (groupnorm.models.ResNe
 real Fashion-MNIST garments whose class is their motion (groupnorm.data.clips), 8 virtual devices
 for BN's per-device statistics, 8 and 4 clips per device, clips of 8 and 16 frames (the paper's 32
 and 64 scaled down by 4), the same recipe for every norm (lr = base_lr x B / 8 at B clips per
-device). After training, each run's final checkpoint is evaluated for top-1 and top-5 accuracy
-(``eval.json`` beside its records).
+device). Each run's result.json holds top-1 and top-5 accuracy of its final model on the val clips.
 
-``--set model=resnet3d-inflated`` starts from the 2D CifarResNet of the same norm pretrained on
-Fashion-MNIST images, inflated to 3D (the paper starts from ImageNet); ``--set dataset=clips
+``--set model=resnet3d-inflated`` starts each run (its ``init``) from the 2D CifarResNet of the same norm
+trained on Fashion-MNIST images in this experiment (records under ``runs/video/pretrain``), inflated to
+3D by the engine's video task (the paper starts from ImageNet); ``--set dataset=clips
 --set data_dir=DIR`` trains on a folder of clips (see groupnorm.data.clips).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from groupnorm.data.clips import CLIP_LENGTHS, clip_dataset_name, dataset_frames
-from groupnorm.io import atomic_write_json, cache_dir
+from groupnorm.data.clips import CLIP_FAMILIES, CLIP_LENGTHS, clip_dataset_name
+from groupnorm.io import atomic_write_json
 from groupnorm.nn.spec import parse_norm_spec
 from groupnorm.train.config import TrainConfig, config_from
-from groupnorm.train.loop import check_buildable
-from groupnorm.train.records import Record, load_checkpoint, load_records
-from groupnorm.train.sweep import run_sweep
+from groupnorm.train.records import CHECKPOINT, read_json
+from groupnorm.train.video import VideoConfig
 
-__all__ = [
-    "EVAL",
-    "NAME",
-    "PRESETS",
-    "PRETRAIN",
-    "Preset",
-    "configs",
-    "ensure_pretrained",
-    "evaluate_run",
-    "evaluate_runs",
-    "pretrain_configs",
-    "run",
-    "video_cost",
-]
+__all__ = ["NAME", "PRESETS", "PRETRAIN", "PRETRAIN_EXPERIMENT", "Preset", "configs", "grid_pairs", "pretrain_configs"]
 
 NAME = "video"
-EVAL = "eval.json"  # per run: top-1 / top-5 accuracy of the final checkpoint on the val clips
-FAMILIES = ("moving-fashion", "clips")
+PRETRAIN_EXPERIMENT = f"{NAME}/pretrain"
 GRIDS = ("paper", "full")
 VIDEO_MODELS = ("resnet3d", "resnet3d-inflated", "i3d-resnet50")
 
@@ -105,10 +85,10 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(clips_per_device=(8, 4, 2), grid="full", seeds=(0, 1, 2), train_clips=12000, epochs=16),
 }
 
-# The 2D source of resnet3d-inflated (groupnorm.models.resnet3d.PRETRAINED_2D names this recipe): the
-# CifarResNet of the same norm, depth and width trained on Fashion-MNIST images with the paper's recipe.
+# The 2D source of resnet3d-inflated: the CifarResNet of the same norm, depth and width trained on
+# Fashion-MNIST images with the paper's recipe (records in runs/video/pretrain).
 PRETRAIN: dict[str, Any] = {
-    "experiment": "video-pretrain-2d",
+    "experiment": PRETRAIN_EXPERIMENT,
     "dataset": "fashion-mnist",
     "model": "resnet",
     "images_per_device": 32,
@@ -121,8 +101,8 @@ PRETRAIN: dict[str, Any] = {
 
 
 def _check(preset: Preset) -> None:
-    if preset.dataset not in FAMILIES:
-        raise ValueError(f"video: dataset must be one of {', '.join(FAMILIES)}; got {preset.dataset!r}")
+    if preset.dataset not in CLIP_FAMILIES:
+        raise ValueError(f"video: dataset must be one of {', '.join(CLIP_FAMILIES)}; got {preset.dataset!r}")
     if preset.dataset == "clips" and not preset.data_dir:
         raise ValueError("video: dataset clips needs data_dir (a folder with train/<class>/<clip> and val/...)")
     if preset.model not in VIDEO_MODELS:
@@ -151,20 +131,36 @@ def grid_pairs(preset: Preset) -> list[tuple[int, int]]:
     return [(lengths[0], b) for b in per_device] + [(t, per_device[-1]) for t in lengths[1:]]
 
 
-def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainConfig]:
+def _pretrain_config(preset: Preset, norm: str) -> TrainConfig:
+    return TrainConfig(**PRETRAIN, norm=norm, depth=preset.depth, width=preset.width)
+
+
+def pretrain_configs(preset: Preset) -> list[TrainConfig]:
+    """The 2D runs whose checkpoints ``resnet3d-inflated`` starts from, one per norm (none otherwise)."""
+    if preset.model != "resnet3d-inflated":
+        return []
+    return [_pretrain_config(preset, n) for n in dict.fromkeys(preset.norms)]
+
+
+def configs(preset: Preset, log: Callable[[str], None] = print) -> list[VideoConfig]:
     """Every run of the preset; a preset that cannot run raises ValueError before anything trains."""
     _check(preset)
+    inflated = preset.model == "resnet3d-inflated"
     out = []
     for frames, per_device in grid_pairs(preset):
         for norm in preset.norms:
+            init = f"{PRETRAIN_EXPERIMENT}/{_pretrain_config(preset, norm).id}/{CHECKPOINT}" if inflated else ""
             for seed in preset.seeds:
                 out.append(
                     config_from(
                         preset,
+                        VideoConfig,
                         experiment=NAME,
-                        dataset=clip_dataset_name(preset.dataset, frames),
+                        frames=frames,
+                        model="resnet3d" if inflated else preset.model,
+                        init=init,
                         norm=norm,
-                        zero_init_last=preset.model != "resnet3d-inflated",  # pretrained gammas are kept
+                        zero_init_last=not inflated,  # pretrained gammas are kept
                         images_per_device=per_device,
                         seed=seed,
                         train_images=preset.train_clips,
@@ -175,134 +171,23 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
     return out
 
 
-def video_cost(cfg: TrainConfig) -> float:
-    """Relative cost of a run for the sweep's ETA and packing: clips x frames, plus a per-step overhead."""
-    frames = dataset_frames(cfg.dataset) or 1
-    return cfg.epochs * (cfg.train_images or 10000) * frames * (1.0 + 4.0 / cfg.effective_batch)
-
-
-# ---------------------------------------------------------------------------------------
-# the 2D source of resnet3d-inflated
-
-
-def pretrain_configs(norms: list[str] | tuple[str, ...], depth: int, width: int) -> list[TrainConfig]:
-    """The 2D runs whose checkpoints ``resnet3d-inflated`` starts from, one per norm."""
-    return [TrainConfig(**PRETRAIN, norm=n, depth=depth, width=width) for n in dict.fromkeys(norms)]
-
-
-def ensure_pretrained(
-    norms: list[str] | tuple[str, ...],
-    *,
-    depth: int,
-    width: int,
-    jobs: int | None = None,
-    log: Callable[[str], None] = print,
-) -> list[Path]:
-    """Train (once; records under the cache) the 2D source of each norm and publish its weights where
-    ``resnet3d-inflated`` reads them (groupnorm.models.resnet3d.pretrained_2d_path)."""
-    from groupnorm.models.resnet3d import pretrained_2d_path
-    from groupnorm.train.records import save_checkpoint
-
-    cfgs = pretrain_configs(norms, depth, width)
-    paths = [pretrained_2d_path(c.norm, depth, width) for c in cfgs]
-    todo = [c for c, p in zip(cfgs, paths, strict=True) if not p.is_file()]
-    if todo:
-        root = cache_dir() / "pretrained" / "runs"
-        log(f"video: pretraining the 2D source of resnet3d-inflated for {', '.join(c.norm for c in todo)}")
-        results = run_sweep(todo, root, jobs=jobs, log=log)
-        for cfg, result in zip(todo, results, strict=True):
-            if result is None or result.get("status") != "finished":
-                raise RuntimeError(f"video: 2D pretraining {cfg.id} did not finish ({result})")
-            state = load_checkpoint(root / cfg.experiment / cfg.id / "checkpoint.pt")["model"]
-            source = {"run_id": cfg.id, "val_error": float(result["error"]), "config": cfg.to_dict()}
-            save_checkpoint(pretrained_2d_path(cfg.norm, depth, width), {"model": state, "source": source})
-            log(f"video: 2D {cfg.norm} source ready (val error {result['error']:.2f}%)")
-    return paths
-
-
-# ---------------------------------------------------------------------------------------
-# top-1 / top-5 of the final checkpoints
-
-
-@torch.no_grad()
-def evaluate_run(run_dir: Path | str, ks: tuple[int, ...] = (1, 5), batch: int = 200) -> dict[str, Any]:
-    """Top-k accuracy (%) of a finished run's final checkpoint on its val clips (the model in eval mode)."""
+def prepare(preset: Preset, cfgs: list[VideoConfig], runs_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Generate (or convert) each clip length's data once, before parallel runs read it; refuse to mix
+    the runs of two clip folders in one records directory (data_dir is not part of a run id)."""
     from groupnorm.data.datasets import load_image_data
-    from groupnorm.data.loader import MemoryLoader
-    from groupnorm.models import build_model
-    from groupnorm.train.records import read_metrics
 
-    run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in _CONFIG_FIELDS})
-    data = load_image_data(cfg.dataset, cfg.train_images, cfg.val_images, cfg.data_dir or None)
-    with torch.device("meta"):  # shapes only: the weights come from the checkpoint
-        model = build_model(
-            cfg.model,
-            norm=cfg.norm,
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-            depth=cfg.depth,
-            width=cfg.width,
-        )
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    model.load_state_dict(ckpt["model"], assign=True)
-    model.eval()
-    loader = MemoryLoader(
-        data.val_images, data.val_labels, batch, mean=data.mean, std=data.std, train=False, channels_last=True
-    )
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    hits = {k: 0 for k in ks}
-    loss, seen = 0.0, 0
-    for x, y in loader.epoch(0):
-        out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        top = out.topk(min(max(ks), out.shape[1]), dim=1).indices
-        for k in ks:
-            hits[k] += (top[:, :k] == y[:, None]).any(1).sum().item()
-        seen += len(y)
-    return {
-        **{f"top{k}": 100.0 * hits[k] / seen for k in ks},
-        "val_loss": loss / seen,
-        "val_clips": seen,
-        "epoch": int(ckpt.get("epoch", len(read_metrics(run_dir)))),
-        "num_classes": data.num_classes,
-    }
-
-
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def evaluate_runs(experiment_dir: Path | str, log: Callable[[str], None] = print) -> int:
-    """Write ``eval.json`` (top-1 / top-5) for every finished run under ``experiment_dir`` that lacks one
-    (or whose checkpoint is newer); return how many were evaluated."""
-    done = 0
-    for rec in load_records(Path(experiment_dir)):
-        path, ckpt = rec.run_dir / EVAL, rec.run_dir / "checkpoint.pt"
-        if not rec.finished or not ckpt.is_file():
-            continue
-        if path.is_file() and path.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns:
-            continue
-        result = evaluate_run(rec.run_dir)
-        atomic_write_json(path, result)
-        done += 1
-        log(f"video: {rec.run_dir.name}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%")
-    return done
-
-
-# ---------------------------------------------------------------------------------------
+    if preset.dataset == "clips":
+        _check_dataset_marker(preset, Path(runs_dir) / NAME)
+    for frames in dict.fromkeys(c.frames for c in cfgs):
+        key = clip_dataset_name(preset.dataset, frames)
+        load_image_data(key, preset.train_clips, preset.val_clips, preset.data_dir or None)
 
 
 def _check_dataset_marker(preset: Preset, experiment_dir: Path) -> None:
-    """Runs of a clip folder are named without the folder (data_dir is not part of a run id): refuse to
-    mix two folders' runs in one records directory."""
-    if preset.dataset != "clips":
-        return
     marker = experiment_dir / "dataset.json"
     here = {"dataset": preset.dataset, "data_dir": str(Path(preset.data_dir).resolve())}
     if marker.is_file():
-        there = json.loads(marker.read_text())
+        there = read_json(marker)
         if there != here:
             raise ValueError(
                 f"video: the records in {experiment_dir} were trained on {there['data_dir']}, not {here['data_dir']}; "
@@ -310,23 +195,3 @@ def _check_dataset_marker(preset: Preset, experiment_dir: Path) -> None:
             )
     else:
         atomic_write_json(marker, here)
-
-
-def run(
-    preset: Preset, runs_dir: Path | str, *, jobs: int | None = None, log: Callable[[str], None] = print
-) -> list[Record]:
-    """Train every run of ``preset`` not yet finished under ``runs_dir``, evaluate top-1 / top-5 of each
-    finished run, and return the experiment's records."""
-    from groupnorm.data.datasets import load_image_data
-
-    cfgs = configs(preset, log)
-    check_buildable(cfgs)  # a spec that does not fit the model fails here, before data or pretraining
-    experiment_dir = Path(runs_dir) / NAME
-    _check_dataset_marker(preset, experiment_dir)
-    for dataset in dict.fromkeys(c.dataset for c in cfgs):  # generate (or convert) the clips once, here
-        load_image_data(dataset, preset.train_clips, preset.val_clips, preset.data_dir or None)
-    if preset.model == "resnet3d-inflated":
-        ensure_pretrained(preset.norms, depth=preset.depth, width=preset.width, jobs=jobs, log=log)
-    run_sweep(cfgs, runs_dir, jobs=jobs, log=log, cost=video_cost)
-    evaluate_runs(experiment_dir, log)
-    return load_records(experiment_dir)

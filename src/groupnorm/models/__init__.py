@@ -3,6 +3,9 @@
 build_model("resnet", norm="gn:8", depth=20, width=16, num_classes=10, in_channels=1)
 build_model("resnet50", norm="gn", num_classes=1000)
 build_model("vgg", norm="gn:16", depth=16, width=32, num_classes=10, in_channels=1)
+
+Video models (clips (N, C, T, H, W)) are in the registry too; Mask R-CNN is built from a detection
+config by groupnorm.models.maskrcnn.build_mask_rcnn.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": _resnet50,
     "tvresnet": _tvresnet,
     "vgg": _vgg,
-    **resnet3d.BUILDERS,  # resnet3d, resnet3d-inflated, i3d-resnet50: clips (N, C, T, H, W)
+    **resnet3d.BUILDERS,  # resnet3d, i3d-resnet50: clips (N, C, T, H, W)
 }
 
 

@@ -22,13 +22,12 @@ to train from scratch, as when fine-tuning an ImageNet model on Kinetics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
+
+from groupnorm.models.inflate import Inflation, inflate_state_dict, inflate_weight, load_inflated
 
 __all__ = [
     "BasicBlock3d",
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 Temporal = Literal["alternate", "all", "none"] | Sequence[int]
-InflateMethod = Literal["mean", "center"]
 
 _TEMPORAL_HELP = "'alternate', 'all', 'none', or one odd temporal kernel size per block"
 
@@ -276,134 +274,7 @@ class I3DResNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# inflation of 2D checkpoints
-
-
-def inflate_weight(weight: Tensor, shape: Sequence[int], method: InflateMethod = "mean") -> Tensor:
-    """A 2D conv kernel (Cout, Cin, kh, kw) as a 3D one of ``shape`` (Cout, Cin', kt, kh, kw).
-
-    ``mean``: repeated kt times along time, divided by kt; ``center``: at the temporal centre,
-    zeros elsewhere. A one-channel input kernel (grey images) spreads over Cin' channels
-    (repeated, divided by Cin'), so that a grey clip gives the 2D response.
-    """
-    if method not in ("mean", "center"):
-        raise ValueError(f"inflate: method must be 'mean' or 'center'; got {method!r}")
-    cout, cin, kt, kh, kw = shape
-    if weight.dim() != 4 or weight.shape[0] != cout or weight.shape[2:] != (kh, kw):
-        raise ValueError(f"inflate: cannot inflate a kernel of shape {tuple(weight.shape)} into {tuple(shape)}")
-    if weight.shape[1] != cin:
-        if weight.shape[1] != 1:
-            raise ValueError(
-                f"inflate: the 2D kernel has {weight.shape[1]} input channels, the 3D one {cin}; only a "
-                "one-channel (grey) kernel spreads over several channels"
-            )
-        weight = weight.expand(cout, cin, kh, kw) / cin
-    if method == "mean":
-        return weight.unsqueeze(2).expand(cout, cin, kt, kh, kw) / kt
-    out = weight.new_zeros(cout, cin, kt, kh, kw)
-    out[:, :, kt // 2] = weight
-    return out
-
-
-@dataclass
-class Inflation:
-    """What :func:`inflate_state_dict` did, tensor by tensor (names of the 3D model's state_dict)."""
-
-    inflated: list[str] = field(default_factory=list)  # 2D kernels made 3D
-    copied: list[str] = field(default_factory=list)  # same shape: norms, 1x1 kernels after reshape, the head
-    skipped: list[str] = field(default_factory=list)  # a shape that does not carry (e.g. a head of other classes)
-    missing: list[str] = field(default_factory=list)  # in the 3D model, not in the checkpoint
-    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the 3D model
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.inflated)} kernels inflated, {len(self.copied)} tensors copied, "
-            f"{len(self.skipped)} skipped ({', '.join(self.skipped) or 'none'}), "
-            f"{len(self.missing)} missing ({', '.join(self.missing) or 'none'})"
-        )
-
-
-def _state_of(source: Mapping[str, Tensor] | nn.Module | str | Path) -> Mapping[str, Tensor]:
-    if isinstance(source, nn.Module):
-        return source.state_dict()
-    if isinstance(source, (str, Path)):
-        from groupnorm.train.records import load_checkpoint
-
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"inflate: no checkpoint at {path}")
-        source = load_checkpoint(path)
-    if not isinstance(source, Mapping):
-        raise TypeError(
-            f"inflate: source must be a state_dict, a checkpoint path or an nn.Module; got {type(source).__name__}"
-        )
-    if "model" in source and isinstance(source["model"], Mapping):  # an engine checkpoint
-        source = source["model"]
-    return source
-
-
-@torch.no_grad()
-def inflate_state_dict(
-    source: Mapping[str, Tensor] | nn.Module | str | Path,
-    model: nn.Module,
-    *,
-    method: InflateMethod = "mean",
-    strict: bool = False,
-) -> Inflation:
-    """Load a 2D model's weights into the 3D ``model`` in place, inflating conv kernels; return what was done.
-
-    ``source``: a 2D state_dict, an nn.Module, or a checkpoint path (an engine checkpoint.pt, whose
-    ``model`` entry is used; loaded with weights_only=True). Tensors are matched by name. A tensor
-    whose shape cannot carry over (e.g. the head, for another number of classes) is skipped and
-    keeps its initialisation. ``strict``: raise ValueError if any 3D tensor is missing from the
-    source or skipped, or any source tensor is unused.
-    """
-    state = _state_of(source)
-    target = model.state_dict()
-    report = Inflation()
-    for name, dst in target.items():
-        src = state.get(name)
-        if src is None:
-            report.missing.append(name)
-            continue
-        if src.shape == dst.shape:
-            dst.copy_(src)
-            report.copied.append(name)
-        elif src.dim() == 4 and dst.dim() == 5:
-            try:
-                dst.copy_(inflate_weight(src.to(dst.dtype), dst.shape, method))
-            except ValueError:
-                report.skipped.append(name)
-                continue
-            report.inflated.append(name)
-        else:
-            report.skipped.append(name)
-    report.unexpected = [k for k in state if k not in target]
-    if strict and (report.missing or report.skipped or report.unexpected):
-        raise ValueError(
-            f"inflate (strict): {report.summary()}; unexpected in the source: {', '.join(report.unexpected) or 'none'}"
-        )
-    return report
-
-
-def load_inflated(
-    model: nn.Module, source: Mapping[str, Tensor] | nn.Module | str | Path, *, method: InflateMethod = "mean"
-) -> Inflation:
-    """Inflate ``source`` into ``model`` and keep its pretrained last gammas: the blocks of a model
-    initialised from a checkpoint are not re-zeroed by ``zero_init_last_gamma`` (build_model)."""
-    report = inflate_state_dict(source, model, method=method)
-    if not report.inflated and not report.copied:
-        raise ValueError(f"inflate: no tensor of the source matches the model by name ({report.summary()})")
-    for m in model.modules():
-        if getattr(m, "last_norm_name", None) is not None:
-            m.last_norm_name = None
-    return report
-
-
-# ---------------------------------------------------------------------------------------
 # builders of the model registry (groupnorm.models.MODELS)
-
-PRETRAINED_2D = "fashion-mnist-v1"  # the 2D source of resnet3d-inflated (recipe in groupnorm.experiments.video)
 
 
 def _norm_and_conv(spec, devices: int, on_indivisible) -> tuple[Callable[[int], nn.Module], type]:
@@ -425,36 +296,6 @@ def build_resnet3d(spec, num_classes, in_channels, devices, on_indivisible, *, d
     )
 
 
-def pretrained_2d_path(spec, depth: int, width: int, source: str = PRETRAINED_2D) -> Path:
-    """Where the 2D CifarResNet checkpoint that ``resnet3d-inflated`` starts from is kept (the cache)."""
-    from groupnorm.io import cache_dir
-    from groupnorm.nn.spec import parse_norm_spec
-
-    slug = str(parse_norm_spec(spec)).replace(":", "").replace("/", "-").replace("+", "_")
-    return cache_dir() / "pretrained" / f"resnet{depth}w{width}-{slug}-{source}.pt"
-
-
-def build_resnet3d_inflated(spec, num_classes, in_channels, devices, on_indivisible, *, depth=8, width=16):
-    """``resnet3d-inflated``: :class:`ResNet3d` initialised by inflating the 2D CifarResNet of the same norm,
-    depth and width pretrained on Fashion-MNIST images (the analogue of the paper's ImageNet start).
-
-    The 2D checkpoint is made once by ``groupnorm.experiments.video.ensure_pretrained`` (``groupnorm
-    reproduce video --set model=resnet3d-inflated`` does it) and read from :func:`pretrained_2d_path`.
-    """
-    model = build_resnet3d(spec, num_classes, in_channels, devices, on_indivisible, depth=depth, width=width)
-    if next(model.parameters()).is_meta:  # the engine's build check: shapes only, no weights
-        return model
-    path = pretrained_2d_path(spec, depth, width)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"resnet3d-inflated: no 2D checkpoint at {path}; make it with "
-            f"groupnorm.experiments.video.ensure_pretrained([{str(spec)!r}], depth={depth}, width={width}) "
-            "(groupnorm reproduce video does it when the model is resnet3d-inflated)"
-        )
-    load_inflated(model, path)
-    return model
-
-
 def build_i3d_resnet50(spec, num_classes, in_channels, devices, on_indivisible, *, depth=50, width=64):
     """``i3d-resnet50``: the paper's I3D ResNet-50 (inflate an engine ``resnet50`` checkpoint with
     :func:`load_inflated` for the paper's ImageNet start)."""
@@ -466,6 +307,5 @@ def build_i3d_resnet50(spec, num_classes, in_channels, devices, on_indivisible, 
 
 BUILDERS = {
     "resnet3d": build_resnet3d,
-    "resnet3d-inflated": build_resnet3d_inflated,
     "i3d-resnet50": build_i3d_resnet50,
 }

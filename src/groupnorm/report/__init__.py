@@ -17,5 +17,7 @@ REPORTS: dict[str, Callable[[Path], Path]] = {
 
 
 def build_report(experiment: str, experiment_dir: Path) -> Path:
-    """Rebuild ``experiment``'s report from the records in ``experiment_dir``; return report.md."""
-    return REPORTS.get(experiment, batch_sizes.build_report)(experiment_dir)
+    """Rebuild ``experiment``'s report (a key of REPORTS) from the records in ``experiment_dir``; return report.md."""
+    if experiment not in REPORTS:
+        raise ValueError(f"unknown report {experiment!r}; expected one of {', '.join(REPORTS)}")
+    return REPORTS[experiment](experiment_dir)

@@ -10,22 +10,22 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from groupnorm.io import atomic_write_json, atomic_write_text
-from groupnorm.report import paper
+from groupnorm.report import common, paper
 from groupnorm.report.common import (
-    finished_runs,
     fmt,
+    group_cells,
     markdown_table,
     mean_std,
     norm_kind,
     norm_label,
     pyplot,
+    recipe,
     save_figure,
     seed_noise_note,
+    write_report,
 )
 from groupnorm.train.records import Record
 
@@ -35,41 +35,26 @@ SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", 
 KIND_ORDER = {"bn": 0, "ln": 1, "in": 2, "gn": 3}
 
 
-@dataclass
-class Cell:
+class Cell(common.Cell):
     """The runs of one (norm, images per device) in one setting: one per seed."""
 
-    norm: str
-    images_per_device: int
-    devices: int
-    records: list[Record] = field(default_factory=list)
+    @property
+    def norm(self) -> str:
+        return self.key[0]
 
     @property
-    def errors(self) -> list[float]:
-        return [r.result["error"] for r in self.records]  # type: ignore[index]
+    def images_per_device(self) -> int:
+        return self.key[1]
 
     @property
-    def train_errors(self) -> list[float]:
-        return [r.result["train_error"] for r in self.records]  # type: ignore[index]
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r.config["seed"] for r in self.records)
-
-    @property
-    def mean_std(self) -> tuple[float, float]:
-        return mean_std(self.errors)
+    def devices(self) -> int:
+        return self.config["devices"]
 
     @property
     def steps(self) -> int:
         """Optimizer steps of one run (the first seed's): images seen over the batch of all devices."""
         r = self.records[0]
         return round(sum(m["images_seen"] for m in r.metrics) / (self.images_per_device * self.devices))
-
-    def curve(self, key: str) -> list[float]:
-        """``key`` per epoch, averaged over seeds (over the epochs every seed has)."""
-        n = min(len(r.metrics) for r in self.records)
-        return [statistics.fmean(r.metrics[i][key] for r in self.records) for i in range(n)]
 
 
 def _setting_of(r: Record) -> tuple:
@@ -89,11 +74,7 @@ def _slug(setting: tuple) -> str:
 
 
 def _cells(recs: list[Record]) -> dict[tuple[str, int], Cell]:
-    cells: dict[tuple[str, int], Cell] = {}
-    for r in recs:
-        key = (r.config["norm"], r.config["images_per_device"])
-        cells.setdefault(key, Cell(key[0], key[1], r.config["devices"])).records.append(r)
-    return cells
+    return group_cells(recs, lambda r: (r.config["norm"], r.config["images_per_device"]), Cell)
 
 
 def _main_norms(cells: dict[tuple[str, int], Cell]) -> tuple[str | None, str | None]:
@@ -364,26 +345,16 @@ def _fig5(cells, bn, gn):
     return fig
 
 
+def _header(configs: list[dict[str, Any]]) -> str:
+    return (
+        "# Batch-size study: Table 1, Table 2, Figures 1, 4 and 5\n\n"
+        f"Recipe, the same for every norm and batch size: {recipe(configs)} (weight decay on every weight, gamma "
+        "and beta included); gamma = 0 in the last norm of each residual block; BN statistics per (virtual) "
+        "device; the error is the median val error of the last epochs. The paper's numbers are ImageNet/ResNet-50: "
+        "compare directions and gaps, not levels.\n\n"
+    )
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
-    experiment_dir = Path(experiment_dir)
-    runs = finished_runs(experiment_dir, _setting_of, "batch-sizes")
-    by_setting, multi = runs.by_setting, runs.multi
-    parts = [
-        "# Batch-size study: Table 1, Table 2, Figures 1, 4 and 5\n\n",
-        runs.provenance(experiment_dir, "batch-sizes"),
-        "Recipe, the same for every norm and batch size: SGD momentum 0.9, weight decay 1e-4 on every weight "
-        "(gamma and beta included), lr = 0.1 x B/32 at B images per device with a linear warm-up, the same number "
-        "of epochs at every B, gamma = 0 in the last norm of each residual block; BN statistics per (virtual) "
-        "device; the error is the median val error of the last epochs. The paper's numbers are ImageNet/ResNet-50: "
-        "compare directions and gaps, not levels.\n\n",
-    ]
-    rows: list[dict[str, Any]] = []
-    for setting in sorted(by_setting, key=str):
-        text, setting_rows = _section(setting, by_setting[setting], experiment_dir / "figures", multi)
-        parts.append(text)
-        rows += setting_rows
-    report = experiment_dir / "report.md"
-    atomic_write_text(report, "".join(parts))
-    atomic_write_json(experiment_dir / "summary.json", {"rows": rows})
-    return report
+    return write_report(experiment_dir, "batch-sizes", _setting_of, _header, _section)

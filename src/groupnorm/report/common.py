@@ -7,22 +7,28 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from groupnorm.io import atomic_write_bytes
+from groupnorm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from groupnorm.nn.spec import parse_norm_spec
 from groupnorm.train.records import Record, load_records
 
 __all__ = [
+    "Cell",
     "FinishedRuns",
     "finished_runs",
     "fmt",
+    "group_cells",
     "markdown_table",
     "mean_std",
     "norm_kind",
     "norm_label",
+    "recipe",
     "save_figure",
     "seed_noise_note",
+    "write_report",
 ]
 
 
@@ -63,24 +69,134 @@ def finished_runs(
     return FinishedRuns(records, dict(by_setting), len(everything) - len(records))
 
 
+@dataclass
+class Cell:
+    """The finished runs of one setting of a table (one per seed): the one cell type of every report."""
+
+    key: tuple
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The first run's config (the runs of a cell differ only in their seed)."""
+        return self.records[0].config
+
+    def values(self, key: str) -> list[float]:
+        """``key`` of each run's result.json (NaN where a run lacks it)."""
+        return [math.nan if r.result.get(key) is None else float(r.result[key]) for r in self.records]  # type: ignore[union-attr]
+
+    @property
+    def errors(self) -> list[float]:
+        return self.values("error")
+
+    @property
+    def train_errors(self) -> list[float]:
+        return self.values("train_error")
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.config["seed"] for r in self.records)
+
+    @property
+    def mean_std(self) -> tuple[float, float]:
+        return mean_std(self.errors)
+
+    def stats(self, key: str) -> tuple[float, float]:
+        """Mean and std over seeds of ``key`` of result.json."""
+        return mean_std(self.values(key))
+
+    def curve(self, key: str) -> list[float]:
+        """``key`` of metrics.jsonl per epoch, averaged over seeds (over the epochs every seed has)."""
+        n = min(len(r.metrics) for r in self.records)
+        return [statistics.fmean(r.metrics[i][key] for r in self.records) for i in range(n)]
+
+
+C = TypeVar("C", bound=Cell)
+
+
+def group_cells(
+    records: Iterable[Record], key_of: Callable[[Record], tuple | None], cell_type: type[C] = Cell
+) -> dict[tuple, C]:
+    """Records grouped into cells by ``key_of`` (None leaves a record out), in the records' order."""
+    cells: dict[tuple, C] = {}
+    for r in records:
+        key = key_of(r)
+        if key is not None:
+            cells.setdefault(key, cell_type(key)).records.append(r)
+    return cells
+
+
 def norm_kind(spec: str) -> str:
-    """bn, ln, in, gn, none ... from a spec such as 'gn:8' or 'ws+gn/16'."""
-    return spec.split("+")[-1].split(":")[0].split("/")[0]
+    """The normalization of a spec: 'gn:8' -> 'gn', 'ws+gn/16' -> 'gn', 'gn:8+silu' -> 'gn'."""
+    return parse_norm_spec(spec).kind
 
 
 def norm_label(spec: str) -> str:
-    """A human label: 'gn:8' -> 'GN (G=8)', 'gn/16' -> 'GN (16 ch/group)', 'bn' -> 'BN'."""
-    ws = spec.startswith("ws+")
-    core = spec[3:] if ws else spec
-    kind = norm_kind(core).upper()
-    if ":" in core:
-        arg = core.split(":", 1)[1]
-        label = f"{kind} (G={arg})" if arg.isdigit() else f"{kind}:{arg}"
-    elif "/" in core:
-        label = f"{kind} ({core.split('/', 1)[1]} ch/group)"
+    """A human label: 'gn:8' -> 'GN (G=8)', 'gn/16' -> 'GN (16 ch/group)', 'bn' -> 'BN',
+    'gn:8+silu' -> 'GN (G=8)+SiLU'."""
+    s = parse_norm_spec(spec)
+    kind = {"none": "no norm"}.get(s.kind, s.kind.upper())
+    if s.groups is not None:
+        label = f"{kind} (G={s.groups})"
+    elif s.group_size is not None:
+        label = f"{kind} ({s.group_size} ch/group)"
     else:
-        label = {"NONE": "no norm"}.get(kind, kind)
-    return ("WS+" if ws else "") + label
+        label = f"{kind}:{s.variant}" if s.variant else kind
+    act = {"relu": "ReLU", "silu": "SiLU", "gelu": "GELU"}.get(s.act, s.act)
+    return ("WS+" if s.ws else "") + label + (f"+{act}" if act else "")
+
+
+def _values(configs: Sequence[dict[str, Any]], key: str, default: Any = None) -> str:
+    """A recorded setting: its value, or each value where the runs differ."""
+    vals = sorted({f"{c.get(key, default):g}" if isinstance(c.get(key, default), float) else str(c.get(key, default))
+                   for c in configs})  # fmt: skip
+    return " / ".join(vals)
+
+
+def recipe(configs: Sequence[dict[str, Any]], unit: str = "images") -> str:
+    """The optimisation recipe as the runs recorded it (not as a preset says): every task's lr and warm-up rule."""
+    schedules = set()
+    for c in configs:
+        if c.get("schedule", "cosine") == "step":
+            ms = c.get("milestones", (0.3, 0.6, 0.9))
+            schedules.add("/10 at " + ", ".join(f"{m:.0%}" for m in ms) + " of training")
+        else:
+            schedules.add("cosine decay")
+    return (
+        f"SGD momentum {_values(configs, 'momentum')}, weight decay {_values(configs, 'weight_decay')}; "
+        f"lr = {_values(configs, 'base_lr')} x B/{_values(configs, 'reference_images_per_device', 32)} at B {unit} "
+        f"per device, warmed up linearly from lr/10 over {_values(configs, 'warmup_epochs')} epochs, then "
+        f"{' / '.join(sorted(schedules))}; {_values(configs, 'epochs')} epochs at every B"
+    )
+
+
+def write_report(
+    experiment_dir: Path | str,
+    experiment: str,
+    setting_of: Callable[[Record], tuple],
+    header: Callable[[list[dict[str, Any]]], str],
+    section: Callable[[tuple, list[Record], Path, bool], tuple[str, list[dict[str, Any]]]],
+    what: str = "runs",
+    *,
+    footer: Callable[[], str] | None = None,
+) -> Path:
+    """Every report's skeleton: the finished runs by setting; ``header(configs)`` (title, recipe), then one
+    ``section`` per setting; report.md and summary.json ({"rows": ...}) written atomically. Returns report.md."""
+    experiment_dir = Path(experiment_dir)
+    runs = finished_runs(experiment_dir, setting_of, experiment, what)
+    first, *rest = header([r.config for r in runs.records]).split("\n\n", 1)
+    parts = [first + "\n\n", runs.provenance(experiment_dir, experiment), *rest]
+    rows: list[dict[str, Any]] = []
+    for setting in sorted(runs.by_setting, key=str):
+        text, setting_rows = section(setting, runs.by_setting[setting], experiment_dir / "figures", runs.multi)
+        parts.append(text)
+        rows += setting_rows
+    if footer is not None:
+        parts.append(footer())
+    report = experiment_dir / "report.md"
+    atomic_write_text(report, "".join(parts))
+    atomic_write_json(experiment_dir / "summary.json", {"rows": rows})
+    return report
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

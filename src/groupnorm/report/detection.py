@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
 from groupnorm.report.common import (
-    finished_runs,
+    _values,
     fmt,
     markdown_table,
     mean_std,
     norm_label,
     pyplot,
+    recipe,
     save_figure,
     seed_noise_note,
+    write_report,
 )
 from groupnorm.train.records import Record, load_records
 
@@ -136,7 +137,7 @@ def _heads_text(cfg: dict[str, Any]) -> str:
 def _backbone_text(cfg: dict[str, Any]) -> str:
     spec = cfg["backbone_norm"]
     label = {"bn:frozen": "BN*", "bn": "BN", "bn:sync": "SyncBN"}.get(spec, norm_label(spec))
-    return label + (" (fine-tuned)" if spec == "bn" and cfg.get("pretrained") else "")
+    return label + (" (fine-tuned)" if spec == "bn" and (cfg.get("init") or cfg.get("pretrained")) else "")
 
 
 def _paper(variant: str) -> tuple[str, str]:
@@ -216,7 +217,7 @@ def _ap_table(cells: list[Cell]) -> str:
     rows = []
     for c in cells:
         cfg = c.config
-        init = "pre-trained" if cfg.get("pretrained") else "scratch"
+        init = "pre-trained" if (cfg.get("init") or cfg.get("pretrained")) else "scratch"
         row = [c.label, _backbone_text(cfg), _heads_text(cfg), init, str(c.epochs), str(len(c.records))]
         row += [c.text(f"bbox_{k}") for k in ("AP", "AP50", "AP75")]
         row += [c.text(f"segm_{k}") for k in ("AP", "AP50", "AP75")]
@@ -330,8 +331,8 @@ def _fig_samples(cells: list[Cell]):
 
 
 def _dataset_of(cfg: dict[str, Any]):
-    from groupnorm.detection.config import DetectionConfig
-    from groupnorm.detection.train import dataset_paths
+    from groupnorm.train.detection import dataset_paths
+    from groupnorm.train.detection_config import DetectionConfig
 
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     return dataset_paths(DetectionConfig(**fields), generate=False)["val"][1]
@@ -339,7 +340,7 @@ def _dataset_of(cfg: dict[str, Any]):
 
 def _val_coco(cfg: dict[str, Any]):
     """pycocotools' COCO of the run's validation split, or None where it is not on this machine."""
-    from groupnorm.detection.data import load_coco
+    from groupnorm.data.coco import load_coco
 
     try:
         return load_coco(_dataset_of(cfg))
@@ -413,7 +414,7 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
             "fpn_norm": c.config["fpn_norm"],
             "head": c.config["head"],
             "head_norm": c.config["head_norm"],
-            "pretrained": bool(c.config.get("pretrained")),
+            "pretrained": bool(c.config.get("init") or c.config.get("pretrained")),
             "epochs": c.epochs,
             "seeds": c.seeds,
             "diverged": c.diverged,
@@ -430,24 +431,13 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
     return "".join(out), rows
 
 
-def _values(configs: list[dict[str, Any]], key: str, unit: str = "") -> str:
-    """A setting as recorded: its value, or each value where the runs differ."""
-    vals = sorted({str(c.get(key)) for c in configs})
-    return " / ".join(v + unit for v in vals)
-
-
 def _recipe(configs: list[dict[str, Any]]) -> str:
     """The recipe paragraph, from what the runs recorded (not from what the presets say)."""
-    base = sorted({c["base_lr"] for c in configs})
-    vs_paper = "the paper's" if base == [0.02] else "the paper's is 0.02"
-    milestones = " / ".join(sorted({", ".join(f"{m:.0%}" for m in c["milestones"]) for c in configs}))
     return (
         "torchvision's Mask R-CNN (ResNet-FPN backbone, RPN, RoIAlign box and mask heads) trained with the paper's "
-        f"recipe: SGD momentum {_values(configs, 'momentum')}, lr {_values(configs, 'base_lr')} per "
-        f"{_values(configs, 'reference_batch')} images ({vs_paper}; scaled linearly with the batch) after a linear "
-        f"warm-up from a third, /10 at {milestones} of training; weight decay "
-        f"{_values(configs, 'weight_decay')}, and {_values(configs, 'norm_weight_decay')} on the norms' gamma and "
-        f"beta; {_values(configs, 'images_per_device')} images per (virtual) device, BN statistics per device. "
+        f"recipe, in every task's lr rule: {recipe(configs)} (the paper: 0.02 at 2 images per GPU on 8 GPUs); "
+        f"weight decay {_values(configs, 'norm_weight_decay')} on the norms' gamma and beta; "
+        f"{_values(configs, 'images_per_device')} images per (virtual) device, BN statistics per device. "
         "Evaluated by pycocotools' COCOeval on the validation split. BN* is BN frozen into an affine (the paper's "
         "baseline); 'BN, fine-tuned' trains BN with statistics over each device's images.\n\n"
     )
@@ -456,20 +446,12 @@ def _recipe(configs: list[dict[str, Any]]) -> str:
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
     experiment_dir = Path(experiment_dir)
-    runs = finished_runs(experiment_dir, _setting_of, "detection", "detection runs")
-    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
-    parts = [
-        "# Detection and instance segmentation: Mask R-CNN, Tables 4 to 7\n\n",
-        runs.provenance(experiment_dir, "detection"),
-        _recipe([r.config for r in recs]),
-    ]
-    rows: list[dict[str, Any]] = []
-    for setting in sorted(by_setting, key=str):
-        text, setting_rows = _section(setting, by_setting[setting], experiment_dir, multi)
-        parts.append(text)
-        rows += setting_rows
-    parts.append(_pretrain_section(experiment_dir))
-    report = experiment_dir / "report.md"
-    atomic_write_text(report, "".join(parts))
-    atomic_write_json(experiment_dir / "summary.json", {"rows": rows})
-    return report
+    return write_report(
+        experiment_dir,
+        "detection",
+        _setting_of,
+        lambda configs: "# Detection and instance segmentation: Mask R-CNN, Tables 4 to 7\n\n" + _recipe(configs),
+        lambda setting, recs, figures, multi: _section(setting, recs, figures.parent, multi),
+        "detection runs",
+        footer=lambda: _pretrain_section(experiment_dir),
+    )

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from groupnorm.io import atomic_write_json, atomic_write_text
 from groupnorm.report import paper
 from groupnorm.report.common import (
-    finished_runs,
     fmt,
     markdown_table,
     mean_std,
     norm_kind,
     norm_label,
     pyplot,
+    recipe,
     save_figure,
+    write_report,
 )
 from groupnorm.train.records import Record, read_probes
 
@@ -326,26 +326,15 @@ def _setting_of(r: Record) -> tuple:
     return tuple(r.config.get(k) for k in SETTING_KEYS)
 
 
+def _header(configs: list[dict[str, Any]]) -> str:
+    return (
+        "# Feature distributions: Figure 6\n\n"
+        "A VGG-style network (torchvision's VGG conv configuration, global average pooling and one linear layer "
+        f"as the head) with no norm, BN or GN right after every conv, trained with one recipe for the three: "
+        f"{recipe(configs)}.\n\n"
+    )
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
-    experiment_dir = Path(experiment_dir)
-    runs = finished_runs(experiment_dir, _setting_of, "features")
-    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
-    first = recs[0].config
-    parts = [
-        "# Feature distributions: Figure 6\n\n",
-        runs.provenance(experiment_dir, "features"),
-        "A VGG-style network (torchvision's VGG conv configuration, global average pooling and one linear layer "
-        "as the head) with no norm, BN or GN right after every conv, trained with one recipe for the three: SGD "
-        f"momentum 0.9, weight decay {first.get('weight_decay')} on every weight, lr {first.get('base_lr')} x B/32 "
-        f"with {first.get('warmup_epochs')} epoch(s) of warm-up and {first.get('schedule')} decay.\n\n",
-    ]
-    summary: list[dict[str, Any]] = []
-    for setting in sorted(by_setting, key=str):
-        text, rows = _section(setting, by_setting[setting], experiment_dir / "figures", multi)
-        parts.append(text)
-        summary += rows
-    report = experiment_dir / "report.md"
-    atomic_write_text(report, "".join(parts))
-    atomic_write_json(experiment_dir / "summary.json", {"rows": summary})
-    return report
+    return write_report(experiment_dir, "features", _setting_of, _header, _section)

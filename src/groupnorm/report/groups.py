@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from groupnorm.io import atomic_write_json, atomic_write_text
-from groupnorm.report import paper
-from groupnorm.report.common import finished_runs, fmt, markdown_table, mean_std, pyplot, save_figure, seed_noise_note
+from groupnorm.report import common, paper
+from groupnorm.report.common import (
+    _values,
+    fmt,
+    group_cells,
+    markdown_table,
+    mean_std,
+    pyplot,
+    recipe,
+    save_figure,
+    seed_noise_note,
+    write_report,
+)
 from groupnorm.train.records import Record
 
 __all__ = ["AXES", "Cell", "build_report", "setting_of", "verdict"]
@@ -42,30 +51,20 @@ def setting_of(norm: str) -> tuple[str, int] | None:
     return None
 
 
-@dataclass
-class Cell:
-    """The runs of one setting of Table 3 (one per seed)."""
-
-    axis: str
-    value: int
-    norm: str
-    records: list[Record] = field(default_factory=list)
+class Cell(common.Cell):
+    """The runs of one setting of Table 3 (one per seed): key (axis, value)."""
 
     @property
-    def errors(self) -> list[float]:
-        return [r.result["error"] for r in self.records]  # type: ignore[index]
+    def axis(self) -> str:
+        return self.key[0]
 
     @property
-    def train_errors(self) -> list[float]:
-        return [r.result["train_error"] for r in self.records]  # type: ignore[index]
+    def value(self) -> int:
+        return self.key[1]
 
     @property
-    def mean_std(self) -> tuple[float, float]:
-        return mean_std(self.errors)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r.config["seed"] for r in self.records)
+    def norm(self) -> str:
+        return self.config["norm"]
 
     @property
     def label(self) -> str:
@@ -76,12 +75,8 @@ class Cell:
 def _cells(recs: list[Record]) -> dict[str, dict[int, Cell]]:
     """axis -> value -> cell; runs whose norm is no Table 3 setting are left out."""
     rows: dict[str, dict[int, Cell]] = defaultdict(dict)
-    for r in recs:
-        where = setting_of(r.config["norm"])
-        if where is None:
-            continue
-        axis, value = where
-        rows[axis].setdefault(value, Cell(axis, value, r.config["norm"])).records.append(r)
+    for (axis, value), cell in group_cells(recs, lambda r: setting_of(r.config["norm"]), Cell).items():
+        rows[axis][value] = cell
     return rows
 
 
@@ -270,30 +265,18 @@ def _setting_of(r: Record) -> tuple:
     return tuple(r.config.get(k) for k in SETTING_KEYS)
 
 
+def _header(configs: list[dict[str, Any]]) -> str:
+    return (
+        "# Group division: Table 3\n\n"
+        "GN with a fixed number of groups G and with a fixed number of channels per group, at "
+        f"{_values(configs, 'images_per_device')} images per device; one recipe for every setting, that of the "
+        f"batch-size study: {recipe(configs)}; gamma = 0 in the last norm of each residual block. G = 1 runs as LN "
+        "and one channel per group as IN. The paper's ResNet-50 has 64 channels in its narrowest layers, so that "
+        "every setting divides every layer; so has the ResNet here at width 64 (its widths are width, 2 x width, "
+        "4 x width).\n\n"
+    )
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
-    experiment_dir = Path(experiment_dir)
-    runs = finished_runs(experiment_dir, _setting_of, "groups")
-    recs, by_setting, multi = runs.records, runs.by_setting, runs.multi
-    first = recs[0].config
-    parts = [
-        "# Group division: Table 3\n\n",
-        runs.provenance(experiment_dir, "groups"),
-        "GN with a fixed number of groups G and with a fixed number of channels per group, at "
-        f"{first.get('images_per_device')} images per device; one recipe for every setting, that of the batch-size "
-        f"study: SGD momentum 0.9, weight decay {first.get('weight_decay')} on every weight, lr "
-        f"{first.get('base_lr')} x B/32 with {first.get('warmup_epochs')} epoch(s) of warm-up and "
-        f"{first.get('schedule')} decay, gamma = 0 in the last norm of each residual block. G = 1 runs as LN and one "
-        "channel per group as IN. The paper's ResNet-50 has 64 channels in its narrowest layers, so that every "
-        "setting divides every layer; so has the ResNet here at width 64 (its widths are width, 2 x width, "
-        "4 x width).\n\n",
-    ]
-    summary: list[dict[str, Any]] = []
-    for setting in sorted(by_setting, key=str):
-        text, rows = _section(setting, by_setting[setting], experiment_dir / "figures", multi)
-        parts.append(text)
-        summary += rows
-    report = experiment_dir / "report.md"
-    atomic_write_text(report, "".join(parts))
-    atomic_write_json(experiment_dir / "summary.json", {"rows": summary})
-    return report
+    return write_report(experiment_dir, "groups", _setting_of, _header, _section)

@@ -11,17 +11,24 @@ val error of the last epochs and top-5 is left blank.
 
 from __future__ import annotations
 
-import json
 import math
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from groupnorm.data.clips import split_dataset_name
-from groupnorm.io import atomic_write_json, atomic_write_text
-from groupnorm.report.common import finished_runs, markdown_table, mean_std, norm_kind, norm_label, pyplot, save_figure
+from groupnorm.report import common
+from groupnorm.report.common import (
+    group_cells,
+    markdown_table,
+    mean_std,
+    norm_kind,
+    norm_label,
+    pyplot,
+    recipe,
+    save_figure,
+    write_report,
+)
 from groupnorm.train.records import Record
 
 __all__ = ["PAPER_COLUMNS", "TABLE8", "VideoCell", "build_report", "verdict"]
@@ -35,55 +42,54 @@ TABLE8: dict[tuple[int, int], dict[str, tuple[float, float]]] = {
 }
 PAPER_COLUMNS = list(TABLE8)  # Table 8's order: short clips at 8 and 4 per GPU, long clips at 4
 SETTING_KEYS = ("family", "model", "depth", "width", "train_images", "epochs", "devices")
-EVAL = "eval.json"
 
 
-@dataclass
-class VideoCell:
+class VideoCell(common.Cell):
     """The runs of one (norm, clip length, clips per device): one per seed."""
 
-    norm: str
-    frames: int
-    clips_per_device: int
-    records: list[Record] = field(default_factory=list)
-    evals: list[dict[str, Any] | None] = field(default_factory=list)
+    @property
+    def norm(self) -> str:
+        return self.key[0]
 
     @property
-    def seeds(self) -> list[int]:
-        return sorted(r.config["seed"] for r in self.records)
+    def frames(self) -> int:
+        return self.key[1]
+
+    @property
+    def clips_per_device(self) -> int:
+        return self.key[2]
 
     @property
     def top1(self) -> list[float]:
-        return [e["top1"] if e else 100.0 - r.result["error"] for r, e in zip(self.records, self.evals, strict=True)]
+        return self.values("top1")
 
     @property
     def top5(self) -> list[float]:
-        return [e["top5"] if e else math.nan for e in self.evals]
+        return self.values("top5")
 
     @property
     def median_top1(self) -> list[float]:
         """100 - the engine's median val error of the last epochs (robust to the last epoch's luck)."""
-        return [100.0 - r.result["error"] for r in self.records]
+        return [100.0 - e for e in self.errors]
 
     def stats(self, key: str) -> tuple[float, float]:
         return mean_std(getattr(self, key))
 
-    def curve(self) -> list[float]:
+    def top1_curve(self) -> list[float]:
         """Val top-1 accuracy per epoch, averaged over seeds."""
-        n = min(len(r.metrics) for r in self.records)
-        return [statistics.fmean(100.0 - r.metrics[i]["val_error"] for r in self.records) for i in range(n)]
+        return [100.0 - e for e in self.curve("val_error")]
 
 
-def _load_eval(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / EVAL
-    if not path.is_file():
-        return None
-    ev = json.loads(path.read_text())
-    return ev if "top1" in ev and "top5" in ev else None
+def clip_of(config: dict[str, Any]) -> tuple[str, int]:
+    """(clip family, frames) of a run's config (records from before ``frames`` was a field name the
+    clip dataset ``moving-fashion-t8``)."""
+    if "frames" in config:
+        return config["dataset"], config["frames"]
+    return split_dataset_name(config["dataset"])
 
 
 def _setting_of(r: Record) -> tuple:
-    family, _ = split_dataset_name(r.config["dataset"])
+    family, _ = clip_of(r.config)
     values = {**r.config, "family": family}
     return tuple(values.get(k) for k in SETTING_KEYS)
 
@@ -96,14 +102,8 @@ def _setting_title(setting: tuple) -> str:
 
 
 def _cells(recs: list[Record]) -> dict[tuple[str, int, int], VideoCell]:
-    cells: dict[tuple[str, int, int], VideoCell] = {}
-    for r in recs:
-        _, frames = split_dataset_name(r.config["dataset"])
-        key = (r.config["norm"], frames, r.config["images_per_device"])
-        cell = cells.setdefault(key, VideoCell(*key))
-        cell.records.append(r)
-        cell.evals.append(_load_eval(r.run_dir))
-    return cells
+    key = lambda r: (r.config["norm"], clip_of(r.config)[1], r.config["images_per_device"])  # noqa: E731
+    return group_cells(recs, key, VideoCell)
 
 
 def _main_norms(cells: dict[tuple[str, int, int], VideoCell]) -> tuple[str | None, str | None]:
@@ -163,8 +163,13 @@ def _noise(diff: float, sd: float, n: int) -> str:
 
 
 def num_classes(cells: dict[tuple[str, int, int], VideoCell]) -> int | None:
-    """The number of classes, from the runs' eval.json (None if none has one)."""
-    return next((e["num_classes"] for c in cells.values() for e in c.evals if e and "num_classes" in e), None)
+    """The number of classes of the clips (None where the runs do not say)."""
+    from groupnorm.data.datasets import LOADERS
+
+    cfg = next(iter(cells.values())).config
+    family, frames = clip_of(cfg)
+    name = f"{family}-t{frames}"
+    return LOADERS[name][2] if family == "moving-fashion" and name in LOADERS else None
 
 
 def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: str | None) -> list[str]:
@@ -314,13 +319,6 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
         )
         + ".\n"
     )
-    missing = sum(e is None for c in cells.values() for e in c.evals)
-    if missing:
-        out.append(
-            f"\n{missing} run(s) have no eval.json (top-5 blank, top-1 from the median val error of the last "
-            "epochs): `groupnorm reproduce video` evaluates finished runs.\n"
-        )
-
     out.append("\n### Robustness: top-1 from the median val accuracy of the last epochs\n\n")
     rows = [
         [f"{norm_label(n)}", *[_fmt(cells[(n, *c)].median_top1) if (n, *c) in cells else "–" for c in cols]]
@@ -414,7 +412,7 @@ def _fig_curves(cells, norms, cols):
         for i, norm in enumerate(norms):
             if (norm, *c) not in cells:
                 continue
-            curve = cells[(norm, *c)].curve()
+            curve = cells[(norm, *c)].top1_curve()
             ax.plot(
                 range(1, len(curve) + 1),
                 curve,
@@ -429,28 +427,18 @@ def _fig_curves(cells, norms, cols):
     return fig
 
 
+def _header(configs: list[dict[str, Any]]) -> str:
+    return (
+        "# Video classification with normalization over (T, H, W): Table 8\n\n"
+        "Setting: a 3D ResNet (temporal kernels in the stem and every other block; from scratch, or from a 2D "
+        "ResNet trained on Fashion-MNIST images and inflated to 3D, its gammas kept) trained on clips of real "
+        "Fashion-MNIST garments whose class is their motion (16 directions x 2 speeds; no single frame tells "
+        f"the class), or on a folder of clips. Recipe, the same for every norm: {recipe(configs, 'clips')}; "
+        "gamma = 0 in the last norm of each residual block of a net trained from scratch. The paper fine-tunes "
+        "from ImageNet on Kinetics-400.\n\n"
+    )
+
+
 def build_report(experiment_dir: Path | str) -> Path:
     """Write report.md, summary.json and figures/ under ``experiment_dir``; return report.md's path."""
-    experiment_dir = Path(experiment_dir)
-    runs = finished_runs(experiment_dir, _setting_of, "video")
-    by_setting, multi = runs.by_setting, runs.multi
-    parts = [
-        "# Video classification with normalization over (T, H, W): Table 8\n\n",
-        runs.provenance(experiment_dir, "video"),
-        "Setting: a 3D ResNet (temporal kernels in the stem and every other block; `resnet3d` from scratch, "
-        "`resnet3d-inflated` from a 2D ResNet pretrained on Fashion-MNIST images) trained on clips of real "
-        "Fashion-MNIST garments whose class is their motion (16 directions x 2 speeds; no single frame tells "
-        "the class), or on a folder of clips. Recipe, the same for every norm: SGD momentum 0.9, weight "
-        "decay 1e-4 on every weight, lr = base x B / 8 at B clips per device with a linear warm-up and cosine "
-        "decay, the same number of epochs at every B, gamma = 0 in the last norm of each residual block. "
-        "The paper fine-tunes from ImageNet on Kinetics-400.\n\n",
-    ]
-    rows: list[dict[str, Any]] = []
-    for setting in sorted(by_setting, key=str):
-        text, setting_rows = _section(setting, by_setting[setting], experiment_dir / "figures", multi)
-        parts.append(text)
-        rows += setting_rows
-    report = experiment_dir / "report.md"
-    atomic_write_text(report, "".join(parts))
-    atomic_write_json(experiment_dir / "summary.json", {"rows": rows})
-    return report
+    return write_report(experiment_dir, "video", _setting_of, _header, _section)

@@ -1,12 +1,14 @@
 """Records: the single source of truth of every result.
 
-    runs/<experiment>/<run-id>/config.json      the TrainConfig
+    runs/<experiment>/<run-id>/config.json      the run's config (a RunConfig of its task, as a dict)
                                metrics.jsonl    one line per epoch
                                result.json      written once the run has finished
                                checkpoint.pt    the last checkpoint (resume point)
                                probes.jsonl     percentiles of a layer's responses (runs with probe_every)
 
-All files are written atomically; reports are rebuilt from these files alone.
+All files are written atomically (readable as the umask allows, like any file the user writes); reports
+are rebuilt from these files alone. A file that cannot be read back raises CorruptRecord, which names
+the file, what is wrong and how to go on.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import torch
 from groupnorm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
+    "CorruptRecord",
     "Record",
     "RunBusy",
     "RunLock",
     "load_checkpoint",
     "load_records",
+    "read_json",
     "read_metrics",
     "read_probes",
+    "read_result",
     "save_checkpoint",
     "write_config",
     "write_metrics",
@@ -41,14 +46,39 @@ CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.jsonl", "result.js
 PROBES = "probes.jsonl"
 
 
+class CorruptRecord(ValueError):
+    """A record file that cannot be read back: names the file, what is wrong, and how to go on."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path} is unreadable: {problem}. To go on, restart that run: delete its directory "
+            f"{self.path.parent} (or just this file) and run the same command again"
+        )
+
+
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptRecord(path, f"not valid JSON ({e})") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CorruptRecord(path, f"line {number} is not valid JSON ({e})") from None
+    return out
 
 
 def write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
@@ -88,14 +118,8 @@ def load_records(experiment_dir: Path) -> list[Record]:
     for cfg_path in sorted(Path(experiment_dir).glob(f"*/{CONFIG}")):
         run_dir = cfg_path.parent
         result_path = run_dir / RESULT
-        records.append(
-            Record(
-                run_dir,
-                json.loads(cfg_path.read_text()),
-                read_metrics(run_dir),
-                json.loads(result_path.read_text()) if result_path.is_file() else None,
-            )
-        )
+        result = read_json(result_path) if result_path.is_file() else None
+        records.append(Record(run_dir, read_json(cfg_path), read_metrics(run_dir), result))
     return records
 
 
@@ -107,6 +131,13 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     atomic_write_json(run_dir / RESULT, result)
 
 
+def read_result(run_dir: Path) -> dict[str, Any]:
+    result = read_json(Path(run_dir) / RESULT)
+    if not isinstance(result, dict):
+        raise CorruptRecord(Path(run_dir) / RESULT, f"expected a JSON object, got {type(result).__name__}")
+    return result
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save ``state`` (tensors, numbers, strings, lists and dicts of them) atomically."""
     buffer = io.BytesIO()
@@ -115,8 +146,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: no pickled code runs."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """Load a checkpoint with ``weights_only=True``: no pickled code runs. CorruptRecord if it cannot be read."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a truncated or foreign file: torch raises several types, none naming the file
+        raise CorruptRecord(Path(path), f"not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 class RunBusy(RuntimeError):

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from groupnorm.train import records
-from groupnorm.train.config import TrainConfig
-from groupnorm.train.loop import check_buildable, run_dir_of, train_run
+from groupnorm.train.config import RunConfig
+from groupnorm.train.engine import check_configs, run_cost, run_dir_of, train_run
 from groupnorm.train.records import RunBusy
 
-__all__ = ["SweepFailed", "SweepProgress", "default_jobs", "run_cost", "run_sweep"]
+__all__ = ["SweepFailed", "SweepProgress", "default_jobs", "run_sweep"]
 
 
 class SweepFailed(RuntimeError):
@@ -42,20 +42,10 @@ def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def run_cost(cfg: TrainConfig) -> float:
-    """Relative cost of a run: images trained, plus a per-step overhead that small batches pay.
-
-    Measured on the CIFAR-style ResNet on CPU: seconds per image ~ a + b / batch with b/a ~ 9.
-    """
-    images = cfg.train_images or 60000
-    depth = cfg.depth / 8 if cfg.model in ("resnet", "resnet-s2") else 1
-    return cfg.epochs * images * (1.0 + 9.0 / cfg.effective_batch) * depth
-
-
 class SweepProgress:
     """Fraction of the sweep's cost done, read from the runs' metrics files, and an ETA."""
 
-    def __init__(self, configs: Sequence[Any], runs_dir: Path, cost: Callable[[Any], float] = run_cost) -> None:
+    def __init__(self, configs: Sequence[RunConfig], runs_dir: Path, cost: Callable[[Any], float] = run_cost) -> None:
         self.configs, self.runs_dir, self.cost = list(configs), Path(runs_dir), cost
         self.total = sum(cost(c) for c in self.configs) or 1.0
         self.start_done = self.done()
@@ -110,32 +100,29 @@ def _worker_init(threads: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
 
 
-def _run_one(train: Callable[..., dict[str, Any]], cfg: Any, runs_dir: str) -> dict[str, Any]:
-    return train(cfg, runs_dir, progress=False)
+def _run_one(cfg: RunConfig, runs_dir: str) -> dict[str, Any]:
+    return train_run(cfg, runs_dir, progress=False)
 
 
 def run_sweep(
-    configs: Sequence[Any],
+    configs: Sequence[RunConfig],
     runs_dir: Path | str,
     *,
     jobs: int | None = None,
     log: Callable[[str], None] | None = None,
-    train: Callable[..., dict[str, Any]] = train_run,
-    cost: Callable[[Any], float] = run_cost,
-    check: Callable[[list[Any]], None] = check_buildable,
 ) -> list[dict[str, Any] | None]:
-    """Train every config not yet finished; return their results in order (None where one failed).
+    """Train every config not yet finished (any task); return their results in order (None where one failed).
 
-    Works for any engine whose configs have ``id``, ``experiment``, ``epochs`` and
-    ``replace(threads=...)``, and whose ``train(cfg, runs_dir, progress=...)`` writes
-    result.json and metrics.jsonl in ``runs_dir/<experiment>/<id>`` (the classification
-    engine's train_run by default). ``check`` rejects configs before anything trains.
-    Raises SweepFailed after all runs have been tried if any raised.
+    Every config is checked by its task before anything trains. ``jobs``: runs at once (default: one per
+    core on a CPU). Raises SweepFailed after all runs have been tried if any raised.
     """
     log = log or (lambda msg: print(msg, flush=True))
     runs_dir = Path(runs_dir)
-    check(list(configs))
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be a positive int (runs at once); got {jobs!r}")
+    check_configs(list(configs), runs_dir)
     jobs = max(1, min(jobs or default_jobs(), len(configs) or 1))
+    cost = run_cost
     tracker = SweepProgress(configs, runs_dir, cost)
     finished = sum((run_dir_of(c, runs_dir) / records.RESULT).is_file() for c in configs)
     log(f"sweep: {len(configs)} runs under {runs_dir}, {finished} already finished; {jobs} at a time")
@@ -145,7 +132,7 @@ def run_sweep(
     if jobs == 1:
         for i, cfg in enumerate(configs):
             try:
-                results[i] = train(cfg, runs_dir)
+                results[i] = train_run(cfg, runs_dir)
             except RunBusy as e:
                 log(f"sweep: skipping {cfg.id}: {e}")
             except Exception as e:  # keep going; report at the end
@@ -158,9 +145,7 @@ def run_sweep(
         with ProcessPoolExecutor(
             jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
         ) as pool:
-            futures = {
-                pool.submit(_run_one, train, configs[i].replace(threads=threads), str(runs_dir)): i for i in order
-            }
+            futures = {pool.submit(_run_one, configs[i].replace(threads=threads), str(runs_dir)): i for i in order}
             pending, last = set(futures), -1
             bar = _progress_bar() if sys.stderr.isatty() else None
             while pending:

@@ -1,17 +1,13 @@
-"""What one detection run is: a frozen dataclass whose hash names the run (as TrainConfig for classification)."""
+"""What one detection run is: a RunConfig (groupnorm.train.config) with Mask R-CNN's data, model and recipe."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from groupnorm.detection.scenes import SceneSpec
+from groupnorm.data.scenes import SceneSpec
+from groupnorm.train.config import RunConfig, _unhashed, slug
 
-__all__ = ["HEADS", "DetectionConfig", "detection_lr"]
+__all__ = ["HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionConfig"]
 
 HEADS = ("2fc", "4conv1fc")
 DATASETS = ("scenes", "coco")
@@ -19,20 +15,14 @@ BACKBONES = ("tvresnet", "resnet50")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _unhashed(default: Any) -> Any:
-    """A setting about how a run executes, not what it computes: left out of the run id."""
-    return field(default=default, metadata={"hash": False})
-
-
 @dataclass(frozen=True)
-class DetectionConfig:
+class DetectionConfig(RunConfig):
     """One Mask R-CNN run (torchvision's MaskRCNN on a ResNet-FPN backbone, evaluated with pycocotools).
 
     The defaults are the paper's recipe (Detectron's e2e Mask R-CNN R-50-FPN, 1x) at the scale
     of the scene dataset; the experiment's presets set the rest.
     """
 
-    experiment: str = "detection"
     variant: str = ""  # a label for reports (e.g. "GN", "BN*"); part of the id
     # data
     dataset: str = "scenes"  # scenes (generated from Fashion-MNIST) | coco (a COCO-format folder in data_dir)
@@ -54,7 +44,7 @@ class DetectionConfig:
     depth: int = 10
     width: int = 16
     backbone_norm: str = "gn"  # BN* (bn:frozen, pre-trained only), bn (per device), bn:sync, gn:G, ...
-    pretrained: str = ""  # a classification checkpoint (relative to the runs dir or absolute); "": from scratch
+    # init (RunConfig): the backbone's classification checkpoint (relative to the runs dir or absolute); "": scratch
     trainable_layers: int = 5  # backbone stages trained, from layer4 down (5: all, stem included; 3: Detectron's)
     # FPN and heads
     fpn_channels: int = 256
@@ -73,26 +63,22 @@ class DetectionConfig:
     rpn_post_nms_test: int = 1000
     box_batch_per_image: int = 512
     detections_per_image: int = 100
-    # the batch and optimisation (paper: 8 GPUs x 2 images, lr 0.02, wd 1e-4, 0 on gamma/beta)
+    # the batch and optimisation (paper: 8 GPUs x 2 images, lr 0.02, wd 1e-4, 0 on gamma/beta; Detectron's 1x:
+    # lr / 10 at 2/3 and 8/9 of training). The lr rule is every task's: base_lr x images_per_device / 2.
+    experiment: str = "detection"
     images_per_device: int = 2
     devices: int = 8
     epochs: int = 12
     base_lr: float = 0.02
-    reference_batch: int = 16  # base_lr is for this many images per step; lr scales linearly
+    reference_images_per_device: int = 2
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (2 / 3, 8 / 9)
     warmup_epochs: float = 0.5
-    milestones: tuple[float, ...] = (2 / 3, 8 / 9)  # lr / 10 at these fractions of training (Detectron's 1x)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
     norm_weight_decay: float = 0.0  # on gamma and beta of every norm (paper: 0 when fine-tuning)
     zero_init_last: bool = True  # gamma = 0 in residual blocks' last norms, from scratch only
     eval_every: int = 0  # evaluate every this many epochs (0: at the end only)
-    seed: int = 0
-    # how it runs (not part of the run id)
-    data_dir: str = _unhashed("")  # coco: the dataset folder; scenes: where generated scenes go (default: cache)
+    # how it runs (not part of the run id); data_dir: coco: the dataset folder; scenes: where they go (cache)
     fashion_mnist_dir: str = _unhashed("")
-    threads: int = _unhashed(0)
-    checkpoint_seconds: float = _unhashed(300.0)
-    checkpoint_steps: int = _unhashed(0)
     eval_batch: int = _unhashed(8)
     sample_images: int = _unhashed(6)  # validation images whose predictions are kept for the report's figure
 
@@ -100,6 +86,7 @@ class DetectionConfig:
         """Reject a config that cannot run before anything trains."""
         from groupnorm.nn.spec import parse_norm_spec
 
+        super().__post_init__()
         choices = {"dataset": DATASETS, "backbone": BACKBONES, "head": HEADS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -122,22 +109,22 @@ class DetectionConfig:
             "images_per_device", "devices", "epochs", "depth", "width", "fpn_channels", "head_channels",
             "fc_channels", "box_pool", "mask_pool", "anchor_size", "rpn_batch_per_image", "rpn_pre_nms_train",
             "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test", "box_batch_per_image",
-            "detections_per_image", "reference_batch", "eval_batch",
+            "detections_per_image", "eval_batch",
         )  # fmt: skip
         for key in positive:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive int; got {value!r}")
-        for key in ("min_size", "max_size", "eval_every", "sample_images", "threads", "checkpoint_steps"):
+        for key in ("min_size", "max_size", "eval_every", "sample_images"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0; got {getattr(self, key)!r}")
         if not 0 <= self.trainable_layers <= 5:
             raise ValueError(f"trainable_layers must be in 0..5; got {self.trainable_layers!r}")
-        if not self.pretrained and self.trainable_layers != 5:
+        if not self.init and self.trainable_layers != 5:
             raise ValueError(
                 f"a backbone trained from scratch trains every layer: trainable_layers=5; got {self.trainable_layers}"
             )
-        if not self.pretrained and parse_norm_spec(self.backbone_norm).variant == "frozen":
+        if not self.init and parse_norm_spec(self.backbone_norm).variant == "frozen":
             raise ValueError("backbone_norm='bn:frozen' (BN*) freezes statistics a pretrained backbone brings; "
                              "from scratch use bn, bn:sync or gn")  # fmt: skip
         if self.backbone == "resnet50" and (self.depth, self.width) != (50, 64):
@@ -146,10 +133,6 @@ class DetectionConfig:
             raise ValueError(
                 f"image_mean and image_std need 3 values (std > 0); got {self.image_mean!r}, {self.image_std!r}"
             )
-        if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing fractions of training in (0, 1); got {self.milestones!r}")
-        if self.warmup_epochs < 0 or self.base_lr <= 0:
-            raise ValueError(f"need warmup_epochs >= 0 and base_lr > 0; got {self.warmup_epochs}, {self.base_lr}")
         if self.dataset == "scenes":
             self.scene_spec  # noqa: B018 - validates the scene fields
         elif not self.data_dir:
@@ -179,51 +162,13 @@ class DetectionConfig:
         return self.min_size or 800, self.max_size or 1333
 
     @property
-    def effective_batch(self) -> int:
-        return self.images_per_device * self.devices
-
-    @property
-    def lr(self) -> float:
-        """The paper's linear scaling: base_lr at reference_batch images per step."""
-        return self.base_lr * self.effective_batch / self.reference_batch
-
-    @property
     def fine_tuned(self) -> bool:
-        return bool(self.pretrained)
+        return bool(self.init)
 
-    def pretrained_path(self, runs_dir: Path | str) -> Path | None:
-        if not self.pretrained:
-            return None
-        path = Path(self.pretrained)
-        return path if path.is_absolute() else Path(runs_dir) / path
-
-    @property
-    def id(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.hashed_fields(), sort_keys=True).encode()).hexdigest()[:10]
+    def name(self) -> str:
         data = f"scenes{self.scene_size}" if self.dataset == "scenes" else "coco"
         model = f"r{self.depth}w{self.width}" if self.backbone == "tvresnet" else self.backbone
-
-        def short(spec: str) -> str:
-            return spec.replace(":frozen", "frozen").replace(":", "").replace("/", "-").replace("+", "_")
-
-        init = "pre" if self.pretrained else "scratch"
-        head = f"{self.head}-{short(self.head_norm)}"
-        return (
-            f"{data}_{model}_{short(self.backbone_norm)}_{init}_{head}_b{self.images_per_device}_s{self.seed}_{digest}"
-        )
-
-    def hashed_fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hash", True)}
-
-    def replace(self, **changes: Any) -> DetectionConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def detection_lr(cfg: DetectionConfig, progress: float) -> float:
-    """lr at ``progress`` epochs: linear warm-up from lr/3 (Detectron), then /10 at each milestone."""
-    if cfg.warmup_epochs > 0 and progress < cfg.warmup_epochs:
-        return cfg.lr * (1 / 3 + (2 / 3) * progress / cfg.warmup_epochs)
-    return cfg.lr * 0.1 ** sum(progress >= m * cfg.epochs for m in cfg.milestones)
+        backbone = slug(self.backbone_norm.replace(":frozen", "frozen"))
+        start = "pre" if self.init else "scratch"
+        head = f"{self.head}-{slug(self.head_norm)}"
+        return f"{data}_{model}_{backbone}_{start}_{head}_b{self.images_per_device}_s{self.seed}"

@@ -1,12 +1,12 @@
 """torchvision's Mask R-CNN on a ResNet-FPN backbone, with every norm from a norm spec.
 
-    model = build_mask_rcnn(cfg, num_classes=11, devices=8)
+    model = build_mask_rcnn(cfg, num_classes=11, devices=8)   # cfg: a groupnorm.train.DetectionConfig
 
 - backbone: a classifier of groupnorm.models (``tvresnet`` of any width, or torchvision's
   ``resnet50``) built with ``cfg.backbone_norm`` (``bn:frozen`` is the paper's BN*, ``bn`` is BN
-  fine-tuned with per-device statistics over ``devices`` virtual devices, ``gn:G`` ...), loaded
-  from a classification checkpoint (``load_backbone_weights``), its stem and first stages frozen
-  as ``trainable_layers`` says;
+  fine-tuned with per-device statistics over ``devices`` virtual devices, ``gn:G`` ...), its stem
+  and first stages frozen as ``trainable_layers`` says; ``load_backbone_weights`` loads a
+  classification checkpoint into it (the run engine does, from the config's ``init``);
 - torchvision's FeaturePyramidNetwork (P2-P6) with ``cfg.fpn_norm`` after its convs;
 - torchvision's RPN (its head has no norm, as in the paper);
 - box head: torchvision's TwoMLPHead (``2fc``) or FastRCNNConvFCHead with four 3x3 convs and
@@ -16,15 +16,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from groupnorm.detection.config import DetectionConfig
 from groupnorm.models import build_model, norm_factory
 from groupnorm.nn.spec import parse_norm_spec
-from groupnorm.train.records import load_checkpoint
 
 __all__ = ["build_mask_rcnn", "load_backbone_weights", "optimizer_groups", "stage_channels"]
 
@@ -61,21 +60,13 @@ def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     raise ValueError(f"cannot adapt a stem conv with {have} input channels to {in_channels}")
 
 
-def load_backbone_weights(body: nn.Module, path: Path | str) -> list[str]:
-    """Load a classification checkpoint (groupnorm.train's, or a plain state dict) into ``body``.
+def load_backbone_weights(body: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Load a classifier's state dict (groupnorm's, or torchvision's ResNet-50) into ``body``.
 
-    Loaded with ``weights_only=True``. The classifier's fc is dropped; a stem trained on grey
-    images is adapted to RGB. Returns the keys left at their initial values (none but the
-    fc's); raises ValueError when the checkpoint's norms do not match the backbone's (e.g. a
-    BN checkpoint for a GN backbone) or its shapes differ.
+    The classifier's fc is dropped; a stem trained on grey images is adapted to RGB. Returns the
+    keys left at their initial values (none but the fc's); raises ValueError when the state's norms
+    do not match the backbone's (e.g. a BN checkpoint for a GN backbone) or its shapes differ.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict or a checkpoint with a 'model' state dict")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
     if "conv1.weight" in state:
         state["conv1.weight"] = _adapt_first_conv(state["conv1.weight"], body.conv1.weight.shape[1])
@@ -85,12 +76,12 @@ def load_backbone_weights(body: nn.Module, path: Path | str) -> list[str]:
     missing = [k for k in own if k not in state and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     if unexpected or missing:
         raise ValueError(
-            f"{path} does not fit this backbone (were they built with the same norm?): "
+            f"the checkpoint does not fit this backbone (were they built with the same norm?): "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise ValueError(f"{path}: shapes differ for {bad[:3]}: a different depth or width?")
+        raise ValueError(f"the checkpoint's shapes differ for {bad[:3]}: a different depth or width?")
     result = body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return list(result.missing_keys)
 
@@ -104,21 +95,12 @@ def _freeze(body: nn.Module, trainable_layers: int) -> None:
             param.requires_grad_(False)
 
 
-def build_mask_rcnn(
-    cfg: DetectionConfig,
-    num_classes: int,
-    *,
-    devices: int = 1,
-    runs_dir: Path | str | None = None,
-    load_weights: bool = True,
-) -> nn.Module:
-    """torchvision's MaskRCNN for ``cfg`` (see the module docstring).
+def build_mask_rcnn(cfg: Any, num_classes: int, *, devices: int = 1) -> nn.Module:
+    """torchvision's MaskRCNN for ``cfg`` (a DetectionConfig: its model fields; see the module docstring).
 
     Args:
         num_classes: categories plus the background.
         devices: virtual devices in this process, for a ``bn`` backbone.
-        runs_dir: what a relative ``cfg.pretrained`` is relative to.
-        load_weights: load ``cfg.pretrained`` (False: build only, e.g. on the meta device).
     """
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -135,13 +117,10 @@ def build_mask_rcnn(
         num_classes=1000,
         in_channels=3,
         devices=devices,
-        zero_init_last=cfg.zero_init_last and not cfg.pretrained,
+        zero_init_last=cfg.zero_init_last and not cfg.init,
         depth=cfg.depth,
         width=cfg.width,
     )
-    if cfg.pretrained and load_weights:
-        path = cfg.pretrained_path(runs_dir or ".")
-        load_backbone_weights(body, path)  # type: ignore[arg-type]
     _freeze(body, cfg.trainable_layers)
     body.fc = nn.Identity()  # not used by the FPN; keeps no dead parameters around
 

@@ -253,7 +253,7 @@ def _write_split(spec: SceneSpec, split: str, out: Path, data_dir: Path | None) 
                 }
             )
     coco = {
-        "info": {"description": f"Fashion-MNIST scenes ({split}), groupnorm.detection.scenes", "spec": spec.id},
+        "info": {"description": f"Fashion-MNIST scenes ({split}), groupnorm.data.scenes", "spec": spec.id},
         "licenses": [],
         "images": images,
         "annotations": annotations,
