@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from groupnorm.detection import DetectionLoader, build_mask_rcnn, open_datasets
+from groupnorm.data.coco import DetectionLoader
 from groupnorm.experiments import detection as experiment
-from groupnorm.experiments.overrides import apply_overrides
+from groupnorm.models.maskrcnn import build_mask_rcnn
+from groupnorm.train.detection import open_datasets
+from groupnorm.train.overrides import apply_overrides
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     runners = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(0)  # random weights: the step's cost does not depend on them (see the docstring)
-        model = build_mask_rcnn(cfg, train_set.num_classes, devices=cfg.devices, load_weights=False)
+        model = build_mask_rcnn(cfg, train_set.num_classes, devices=cfg.devices)
         model = model.to(device).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         loader = DetectionLoader(train_set, cfg.effective_batch, train=True, seed=0)
