@@ -3,17 +3,15 @@
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from groupnorm.models import build_model
-from groupnorm.train import TrainConfig, learning_rate, load_records, run_dir_of, scaled_lr, train_run
+from groupnorm.train import TrainConfig, learning_rate, run_dir_of, scaled_lr, train_run
 from groupnorm.train.config import config_from
 from groupnorm.train.sweep import run_cost, run_sweep
 
@@ -117,49 +115,6 @@ def test_a_run_writes_its_records(tmp_path):
     assert train_run(cfg, tmp_path, log=lambda m: pytest.fail("retrained")) == result
 
 
-def _train_cmd(runs: Path, cfg: dict) -> list[str]:
-    cmd = [sys.executable, "-m", "groupnorm", "train", "--runs", str(runs)]
-    for k, v in cfg.items():
-        cmd += ["--set", f"{k}={v}"]
-    return cmd
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
-    cfg = {**TINY, "epochs": 3, "norm": "bn", "width": 8, "checkpoint_steps": 3}
-    subprocess.run(_train_cmd(tmp_path / "whole", cfg), env=_env(), check=True, capture_output=True)
-
-    runs = tmp_path / "killed"
-    config = TrainConfig(**{k: v for k, v in cfg.items()})
-    ckpt = run_dir_of(config, runs) / "checkpoint.pt"
-    for kill_after in (1, 5):  # kill at two moments: mid-epoch 1, then later
-        proc = subprocess.Popen(_train_cmd(runs, cfg), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        seen = 0
-        last = None
-        while time.time() < deadline and proc.poll() is None:
-            stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-            if stamp is not None and stamp != last:
-                seen, last = seen + 1, stamp
-                if seen >= kill_after:
-                    break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert not (run_dir_of(config, runs) / "result.json").exists(), "the run finished before it could be killed"
-    subprocess.run(_train_cmd(runs, cfg), env=_env(), check=True, capture_output=True)
-
-    whole = load_records(tmp_path / "whole" / "train")[0]
-    resumed = load_records(runs / "train")[0]
-    keys = ("train_loss", "train_error", "val_loss", "val_error", "images_seen", "lr")
-    assert [[m[k] for k in keys] for m in resumed.metrics] == [[m[k] for k in keys] for m in whole.metrics]
-    assert resumed.result["error"] == whole.result["error"]
-
-
 def test_sweep_skips_finished_runs_and_reports_progress(tmp_path):
     configs = [tiny(norm=n, width=8, epochs=1) for n in ("bn", "gn:4")]
     lines = []
@@ -181,6 +136,10 @@ def test_sweep_runs_jobs_in_parallel_processes(tmp_path):
 def test_diverged_run_is_recorded(tmp_path):
     result = train_run(tiny(norm="none", width=8, base_lr=1e4, epochs=3), tmp_path, log=lambda m: None)
     assert result["status"] == "diverged"
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*args, cwd=None):

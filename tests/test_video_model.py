@@ -175,7 +175,9 @@ def test_the_video_task_inflates_its_init_and_keeps_the_pretrained_gammas(tmp_pa
     model = build_model("resnet3d", norm="gn:4", num_classes=32, in_channels=1, depth=8, width=8, zero_init_last=False)
     VideoTask(cfg, Dist(0, 1, 0, torch.device("cpu")), 1, tmp_path).initialize(model, load_init(cfg, tmp_path))
     torch.testing.assert_close(model.blocks[0].norm2.weight, net2d.blocks[0].norm2.weight)  # not re-zeroed
-    torch.testing.assert_close(model.blocks[1].conv2.weight[:, :, 0], net2d.blocks[1].conv2.weight)  # a 1-frame kernel here
+    torch.testing.assert_close(
+        model.blocks[1].conv2.weight[:, :, 0], net2d.blocks[1].conv2.weight
+    )  # a 1-frame kernel here
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_init(cfg.replace(init="nope.pt"), tmp_path)
 
