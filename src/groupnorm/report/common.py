@@ -98,6 +98,11 @@ class Cell:
         return sorted(r.config["seed"] for r in self.records)
 
     @property
+    def diverged(self) -> int:
+        """How many of the runs stopped with a non-finite loss."""
+        return sum(r.result.get("status") == "diverged" for r in self.records)  # type: ignore[union-attr]
+
+    @property
     def mean_std(self) -> tuple[float, float]:
         return mean_std(self.errors)
 

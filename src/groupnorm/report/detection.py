@@ -10,23 +10,23 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from groupnorm.report import paper
+from groupnorm.report import common, paper
 from groupnorm.report.common import (
     _values,
     fmt,
+    group_cells,
     markdown_table,
     mean_std,
     norm_label,
-    pyplot,
     recipe,
     save_figure,
     seed_noise_note,
     write_report,
 )
+from groupnorm.report.detection_figures import fig_curves, fig_samples
 from groupnorm.train.records import Record, load_records
 
 __all__ = ["Cell", "build_report", "verdict"]
@@ -51,35 +51,24 @@ LABELS = {
 SAMPLES_TITLE = "Validation images: ground truth and each variant's boxes and masks (score ≥ 0.3)"
 
 
-@dataclass
-class Cell:
-    """The finished runs of one variant (and schedule) in one setting: one per seed."""
-
-    variant: str
-    epochs: int
-    records: list[Record] = field(default_factory=list)
+class Cell(common.Cell):
+    """The finished runs of one variant (and schedule) in one setting: one per seed; key (variant, epochs)."""
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.records[0].config
+    def variant(self) -> str:
+        return self.key[0]
+
+    @property
+    def epochs(self) -> int:
+        return self.key[1]
 
     @property
     def ok(self) -> list[Record]:
         return [r for r in self.records if r.result and r.result["status"] == "finished"]
 
-    @property
-    def diverged(self) -> int:
-        return len(self.records) - len(self.ok)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r.config["seed"] for r in self.records)
-
     def values(self, key: str) -> list[float]:
+        """``key`` of the runs that finished (a diverged run has no APs)."""
         return [r.result[key] for r in self.ok if r.result.get(key) is not None]  # type: ignore[index, union-attr]
-
-    def stat(self, key: str) -> tuple[float, float]:
-        return mean_std(self.values(key))
 
     def text(self, key: str) -> str:
         vals = self.values(key)
@@ -91,7 +80,7 @@ class Cell:
     def label(self) -> str:
         return LABELS.get(self.variant, self.variant or self.config["backbone_norm"])
 
-    def curve(self, key: str) -> tuple[list[int], list[float]]:
+    def evaluated_curve(self, key: str) -> tuple[list[int], list[float]]:
         """(epochs, mean over seeds of ``key``) at the epochs every finished seed recorded it."""
         runs = [[m for m in r.metrics if m.get(key) is not None] for r in self.ok]
         if not runs or not all(runs):
@@ -120,10 +109,7 @@ def _setting_title(setting: tuple) -> str:
 
 
 def _cells(recs: list[Record]) -> list[Cell]:
-    cells: dict[tuple[str, int], Cell] = {}
-    for r in recs:
-        key = (r.config.get("variant", ""), r.config["epochs"])
-        cells.setdefault(key, Cell(*key)).records.append(r)
+    cells = group_cells(recs, lambda r: (r.config.get("variant", ""), r.config["epochs"]), Cell)
     order = {v: i for i, v in enumerate(VARIANT_ORDER)}
     return sorted(cells.values(), key=lambda c: (order.get(c.variant, 99), c.variant, c.epochs))
 
@@ -260,114 +246,6 @@ def _pretrain_section(experiment_dir: Path) -> str:
     )
 
 
-def _read_rgb(path: str):
-    """An image file as float RGB (H, W, 3) in 0..1."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as f:
-        return np.asarray(f.convert("RGB"), dtype=np.float32) / 255
-
-
-def _draw(ax, image, detections: list[dict[str, Any]], names: dict[int, str], cmap) -> None:
-    """One image with its boxes, masks (blended in) and class labels (with scores for predictions)."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    overlay = image.copy()
-    for k, d in enumerate(detections):
-        if "segmentation" in d:
-            m = mask_utils.decode(d["segmentation"]).astype(bool)
-            overlay[m] = 0.5 * overlay[m] + 0.5 * np.array(cmap(k % 10)[:3])
-    ax.imshow(overlay)
-    for k, d in enumerate(detections):
-        x, y, w, h = d["bbox"]
-        ax.add_patch(_rectangle((x - 0.5, y - 0.5), w, h, cmap(k % 10)))
-        text = names.get(d["category_id"], str(d["category_id"])) + (f" {d['score']:.2f}" if "score" in d else "")
-        ax.text(x, y - 1, text, fontsize=5, color="white", bbox={"facecolor": cmap(k % 10), "pad": 0.5, "lw": 0})
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _rectangle(xy, w, h, color):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle(xy, w, h, fill=False, color=color, lw=1.2)
-
-
-def _fig_samples(cells: list[Cell]):
-    """Rows: the ground truth, then each variant's predictions (its first seed); columns: validation images."""
-    import json
-
-    shown = []
-    for c in cells:
-        for r in sorted(c.ok, key=lambda r: r.config["seed"]):
-            if (r.run_dir / "samples.json").is_file():
-                images = json.loads((r.run_dir / "samples.json").read_text())["images"]
-                shown.append((c, {im["image_id"]: im for im in images}))
-                break
-    if not shown:
-        return None
-    images = list(shown[0][1].values())
-    if not images or not all(Path(im["file"]).is_file() for im in images):
-        return None  # the dataset is not on this machine
-    coco = _val_coco(shown[0][0].config)
-    names = {c["id"]: c["name"] for c in coco.dataset["categories"]} if coco else {}
-    rows = []
-    if coco is not None:
-        rows.append(("ground truth", [coco.loadAnns(coco.getAnnIds(imgIds=[im["image_id"]])) for im in images]))
-    for c, by_id in shown:
-        rows.append((c.label, [by_id.get(im["image_id"], {}).get("detections", []) for im in images]))
-    plt = pyplot()
-    fig, axes = plt.subplots(len(rows), len(images), figsize=(2.1 * len(images), 2.2 * len(rows)), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    pixels = [_read_rgb(im["file"]) for im in images]
-    for row, (title, per_image) in enumerate(rows):
-        for col, dets in enumerate(per_image):
-            _draw(axes[row][col], pixels[col], dets, names, cmap)
-        axes[row][0].set_ylabel(title, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _dataset_of(cfg: dict[str, Any]):
-    from groupnorm.train.detection import dataset_paths
-    from groupnorm.train.detection_config import DetectionConfig
-
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return dataset_paths(DetectionConfig(**fields), generate=False)["val"][1]
-
-
-def _val_coco(cfg: dict[str, Any]):
-    """pycocotools' COCO of the run's validation split, or None where it is not on this machine."""
-    from groupnorm.data.coco import load_coco
-
-    try:
-        return load_coco(_dataset_of(cfg))
-    except (FileNotFoundError, TypeError, ValueError):
-        return None
-
-
-def _fig_curves(cells: list[Cell]):
-    plt = pyplot()
-    evaluated = any(len(c.curve("bbox_AP")[0]) > 1 for c in cells)
-    fig, axes = plt.subplots(1, 3 if evaluated else 1, figsize=(13 if evaluated else 5, 3.6), squeeze=False)
-    for c in cells:
-        e, v = c.curve("loss")
-        axes[0][0].plot(e, v, marker=".", label=c.label)
-        if evaluated:
-            for ax, key in zip(axes[0][1:], ("bbox_AP", "segm_AP"), strict=True):
-                e, v = c.curve(key)
-                ax.plot(e, v, marker="o", label=c.label)
-    titles = ["training loss (sum of Mask R-CNN's losses)", "box AP (val)", "mask AP (val)"]
-    for ax, title in zip(axes[0], titles, strict=False):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return fig
-
-
 def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bool) -> tuple[str, list[dict]]:
     cells = _cells(recs)
     slug = hashlib.sha256(str(setting).encode()).hexdigest()[:8] if multi else "main"
@@ -393,11 +271,11 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
     )
     out.append("\n### Figures\n\n")
     figures = (
-        (f"samples_{slug}.png", SAMPLES_TITLE, lambda: _fig_samples(cells)),
+        (f"samples_{slug}.png", SAMPLES_TITLE, lambda: fig_samples(cells)),
         (
             f"curves_{slug}.png",
             "Training loss and validation AP per epoch (mean over seeds)",
-            lambda: _fig_curves(cells),
+            lambda: fig_curves(cells),
         ),
     )
     for name, title, draw in figures:
@@ -422,7 +300,7 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
         }
         for t in IOU_TYPES:
             for k in METRICS:
-                m, s = c.stat(f"{t}_{k}")
+                m, s = c.stats(f"{t}_{k}")
                 row[f"{t}_{k}_mean"] = None if math.isnan(m) else m
                 row[f"{t}_{k}_std"] = None if math.isnan(s) else s
         box, mask = paper.COCO_FPN.get(c.variant, (None, None))

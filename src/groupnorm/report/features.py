@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from groupnorm.report import paper
+from groupnorm.report import common, paper
 from groupnorm.report.common import (
     fmt,
+    group_cells,
     markdown_table,
     mean_std,
     norm_kind,
@@ -75,28 +76,12 @@ class Curves:
         return 100 * statistics.median(steps) if steps else float("nan")
 
 
-@dataclass
-class NormRuns:
-    """The runs of one norm (one per seed) and their probes."""
-
-    norm: str
-    records: list[Record] = field(default_factory=list)
+class NormRuns(common.Cell):
+    """The runs of one norm (one per seed) and their probes; key (norm,)."""
 
     @property
-    def errors(self) -> list[float]:
-        return [r.result["error"] for r in self.records]  # type: ignore[index]
-
-    @property
-    def train_errors(self) -> list[float]:
-        return [r.result["train_error"] for r in self.records]  # type: ignore[index]
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(r.config["seed"] for r in self.records)
-
-    @property
-    def diverged(self) -> int:
-        return sum(r.result["status"] == "diverged" for r in self.records)  # type: ignore[index]
+    def norm(self) -> str:
+        return self.key[0]
 
     def curves(self) -> Curves | None:
         per_seed = [read_probes(r.run_dir) for r in self.records]
@@ -113,9 +98,7 @@ class NormRuns:
 
 
 def _norm_runs(recs: list[Record]) -> dict[str, NormRuns]:
-    runs: dict[str, NormRuns] = {}
-    for r in recs:
-        runs.setdefault(r.config["norm"], NormRuns(r.config["norm"])).records.append(r)
+    runs = {key[0]: cell for key, cell in group_cells(recs, lambda r: (r.config["norm"],), NormRuns).items()}
     return dict(sorted(runs.items(), key=lambda kv: (KIND_ORDER.get(norm_kind(kv[0]), 9), kv[0])))
 
 

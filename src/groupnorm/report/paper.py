@@ -41,3 +41,12 @@ COCO_C4 = {"bn*": (37.7, 32.8), "gn": (38.8, 33.6)}  # Table 4: R50-C4
 COCO_TABLE6 = {"bn*": (38.6, 34.5), "gn": (40.3, 35.7), "gn-long": (40.8, 36.1)}  # R50-FPN, GN vs BN*
 COCO_BN_FINETUNE_DROP = 6.0  # fine-tuning BN at 1-2 images/GPU: about 6 AP below BN* (box)
 COCO_BN_HEAD_DROP = 9.0  # BN in the box head: about 9 AP below
+
+TABLE8_SOURCE = "Wu & He 2018, Table 8: Kinetics-400, ResNet-50 I3D, 8 GPUs, normalising over (T, H, W)"
+# (clip length, clips per GPU) -> norm -> (top-1, top-5) accuracy, %.
+TABLE8: dict[tuple[int, int], dict[str, tuple[float, float]]] = {
+    (32, 8): {"bn": (73.3, 90.7), "gn": (73.0, 90.6)},
+    (32, 4): {"bn": (72.1, 90.0), "gn": (72.8, 90.6)},
+    (64, 4): {"bn": (73.3, 90.8), "gn": (74.5, 91.7)},
+}
+TABLE8_COLUMNS = list(TABLE8)  # Table 8's order: short clips at 8 and 4 per GPU, long clips at 4

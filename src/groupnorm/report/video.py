@@ -17,30 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from groupnorm.data.clips import split_dataset_name
-from groupnorm.report import common
+from groupnorm.report import common, paper
 from groupnorm.report.common import (
     group_cells,
     markdown_table,
     mean_std,
     norm_kind,
     norm_label,
-    pyplot,
     recipe,
     save_figure,
     write_report,
 )
+from groupnorm.report.video_figures import fig_bars, fig_curves
 from groupnorm.train.records import Record
 
 __all__ = ["PAPER_COLUMNS", "TABLE8", "VideoCell", "build_report", "verdict"]
 
-SOURCE = "Wu & He 2018, Table 8: Kinetics-400, ResNet-50 I3D, 8 GPUs, normalising over (T, H, W)"
-# (clip length, clips per GPU) -> norm -> (top-1, top-5) accuracy, %.
-TABLE8: dict[tuple[int, int], dict[str, tuple[float, float]]] = {
-    (32, 8): {"bn": (73.3, 90.7), "gn": (73.0, 90.6)},
-    (32, 4): {"bn": (72.1, 90.0), "gn": (72.8, 90.6)},
-    (64, 4): {"bn": (73.3, 90.8), "gn": (74.5, 91.7)},
-}
-PAPER_COLUMNS = list(TABLE8)  # Table 8's order: short clips at 8 and 4 per GPU, long clips at 4
+SOURCE = paper.TABLE8_SOURCE
+TABLE8, PAPER_COLUMNS = paper.TABLE8, paper.TABLE8_COLUMNS
 SETTING_KEYS = ("family", "model", "depth", "width", "train_images", "epochs", "devices")
 
 
@@ -331,9 +325,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
         (
             f"table8_{slug}.png",
             "Top-1 accuracy per setting, ours and the paper's",
-            lambda: _fig_bars(cells, norms, cols),
+            lambda: fig_bars(cells, norms, cols),
         ),
-        (f"curves_{slug}.png", "Val top-1 accuracy per epoch", lambda: _fig_curves(cells, norms, cols)),
+        (f"curves_{slug}.png", "Val top-1 accuracy per epoch", lambda: fig_curves(cells, norms, cols)),
     ):
         fig = draw()
         if fig is not None:
@@ -364,67 +358,6 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             }
         )
     return "".join(out), summary_rows
-
-
-def _fig_bars(cells, norms, cols):
-    plt = pyplot()
-    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(11, 3.8))
-    width = 0.8 / max(len(norms), 1)
-    for i, norm in enumerate(norms):
-        xs = [j for j, c in enumerate(cols) if (norm, *c) in cells]
-        stats = [cells[(norm, *cols[j])].stats("top1") for j in xs]
-        ax.bar(
-            [x + (i - (len(norms) - 1) / 2) * width for x in xs],
-            [m for m, _ in stats],
-            width,
-            yerr=[sd for _, sd in stats],
-            capsize=3,
-            label=norm_label(norm),
-        )
-    ax.set_xticks(range(len(cols)), [f"{t} fr / {b} per dev" for t, b in cols])
-    ax.set_title("ours")
-    for i, kind in enumerate(("bn", "gn")):
-        ax_p.bar(
-            [j + (i - 0.5) * 0.4 for j in range(len(PAPER_COLUMNS))],
-            [TABLE8[p][kind][0] for p in PAPER_COLUMNS],
-            0.4,
-            label=kind.upper(),
-        )
-    ax_p.set_xticks(range(len(PAPER_COLUMNS)), [f"{t} fr / {b} per GPU" for t, b in PAPER_COLUMNS])
-    ax_p.set_ylim(70, 76)
-    ax_p.set_title("paper (Kinetics-400, ResNet-50 I3D)")
-    for a in (ax, ax_p):
-        a.set_ylabel("top-1 accuracy (%)")
-        a.grid(alpha=0.3, axis="y")
-        a.legend()
-    tops = [cells[k].stats("top1")[0] for k in cells]
-    lo = min(tops) if tops else 0
-    ax.set_ylim(max(0.0, lo - 10), min(100.0, max(tops, default=100) + 5))
-    return fig
-
-
-def _fig_curves(cells, norms, cols):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    styles = ["-", "--", ":", "-."]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, c in enumerate(cols):
-        for i, norm in enumerate(norms):
-            if (norm, *c) not in cells:
-                continue
-            curve = cells[(norm, *c)].top1_curve()
-            ax.plot(
-                range(1, len(curve) + 1),
-                curve,
-                styles[i % len(styles)],
-                color=colors[j % len(colors)],
-                label=f"{norm_label(norm)}, {c[0]} fr / {c[1]} per dev",
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
 
 
 def _header(configs: list[dict[str, Any]]) -> str:
