@@ -9,7 +9,7 @@ See README.md for the reproduction of the paper's experiments (``groupnorm repro
 """
 
 from groupnorm import functional, nn
-from groupnorm.convert import Replacement, convert_norms, set_devices, zero_init_last_gamma
+from groupnorm.convert import Replacement, convert_norms, set_devices, set_renorm_limits, zero_init_last_gamma
 
 __version__ = "0.1.0"
 
@@ -20,5 +20,6 @@ __all__ = [
     "functional",
     "nn",
     "set_devices",
+    "set_renorm_limits",
     "zero_init_last_gamma",
 ]
