@@ -129,6 +129,11 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return ((a - b).abs().max() / torch.maximum(a.abs().max(), b.abs().max()).clamp_min(1e-12)).item()
 
 
+def _first_rows(value: object) -> list[Tensor]:
+    """Copies of the first row (sample 0) of every tensor in value: in-place ops later would change them."""
+    return [t.detach()[:1].clone() if t.dim() else t.detach().clone() for t in _tensors(value)]
+
+
 class _Recorder:
     """Forward hooks on every module: the call stack, BN modules in training, and each call's tensors."""
 
@@ -147,8 +152,8 @@ class _Recorder:
             self.stack.append(name)
             if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
                 self.found.setdefault(name, f"{type(module).__name__} with batch statistics")
-            if self.calls is not None:  # clone: in-place ops later would change them
-                self.calls.append((name, [t.detach().clone() for t in _tensors(args)], []))
+            if self.calls is not None:
+                self.calls.append((name, _first_rows(args), []))
 
         return hook
 
@@ -159,7 +164,7 @@ class _Recorder:
             if self.calls is not None:
                 for call in reversed(self.calls):  # this module's latest call still without outputs
                     if call[0] == name and not call[2]:
-                        call[2].extend(t.detach().clone() for t in _tensors(out))
+                        call[2].extend(_first_rows(out))
                         break
 
         return hook
@@ -169,18 +174,20 @@ class _Recorder:
             h.remove()
 
 
-def _localize(batch_calls: list, single_calls: list, i: int, tol: float) -> dict[str, str]:
-    """The innermost modules whose input for sample i is the same alone and in the batch, but not their output."""
+def _localize(batch_calls: list, single_calls: list, tol: float) -> dict[str, str]:
+    """The innermost modules whose input for sample 0 is the same alone and in the batch, but not their output.
+
+    Both lists hold (name, first rows of the inputs, first rows of the outputs) per module call, in order.
+    """
     flagged: dict[str, str] = {}
     if len(batch_calls) != len(single_calls):
         return flagged
     for (name, b_in, b_out), (name2, s_in, s_out) in zip(batch_calls, single_calls, strict=True):
         if name != name2 or not b_out or len(b_in) != len(s_in) or len(b_out) != len(s_out):
             continue
-        pairs_in = [(b[i : i + 1], s) for b, s in zip(b_in, s_in, strict=True) if b.dim() and s.dim()]
-        if any(_rel(b, s) > tol for b, s in pairs_in if b.is_floating_point()):
+        if any(_rel(b, s) > tol for b, s in zip(b_in, s_in, strict=True) if b.is_floating_point()):
             continue
-        diff = max((_rel(b[i : i + 1], s) for b, s in zip(b_out, s_out, strict=True) if b.dim()), default=0.0)
+        diff = max((_rel(b, s) for b, s in zip(b_out, s_out, strict=True) if b.is_floating_point()), default=0.0)
         if diff > 10 * tol:
             flagged[name] = f"its output for a sample changes with the other samples (by {diff:.1e})"
 
@@ -287,7 +294,7 @@ def check_batch_independence(
             finally:
                 recorder.stack.clear()
             if i == 0 and recorder.calls:
-                localized = _localize(batch_calls, recorder.calls, 0, tolerance)
+                localized = _localize(batch_calls, recorder.calls, tolerance)
             recorder.calls = None
         if not x.requires_grad:
             notes.append("the input is not floating point: input gradients not checked")
