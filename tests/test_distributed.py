@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from groupnorm import set_renorm_limits
 from groupnorm.models import build_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -36,6 +37,7 @@ def one_process_grads(norm: str, devices: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = build_model("resnet", norm=norm, depth=8, width=8, num_classes=5, in_channels=1, devices=devices,
                         zero_init_last=False)  # fmt: skip
+    set_renorm_limits(model, 1, 2)  # as dist_worker.py
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 1, 10, 10, generator=g)
     y = torch.randint(0, 5, (8,), generator=g)
@@ -47,16 +49,16 @@ def close(a: dict, b: dict) -> bool:
     return all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
-@pytest.mark.parametrize("norm", ["gn:4", "bn", "bn:sync"])
+@pytest.mark.parametrize("norm", ["gn:4", "bn", "bn:sync", "brn"])
 def test_ddp_gradients(tmp_path, norm):
     out = tmp_path / "grads.pt"
     torchrun(str(HERE / "dist_worker.py"), norm, str(out))
     two = torch.load(out, weights_only=True)
     whole = one_process_grads(norm, devices=1)
-    if norm == "bn":
+    if norm in ("bn", "brn"):
         # per-process statistics: not the whole batch's, but exactly 2 virtual devices' on one process
         assert not close(two, whole)
-        assert close(two, one_process_grads("bn", devices=2))
+        assert close(two, one_process_grads(norm, devices=2))
     else:  # GN never looks across samples; SyncBN takes the whole batch's statistics
         assert close(two, whole)
 

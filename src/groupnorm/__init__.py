@@ -4,21 +4,26 @@
     norm = groupnorm.nn.GroupNorm(32, 256)          # drop-in for torch.nn.GroupNorm
     groupnorm.convert_norms(model, "gn:32")          # every BN in a model becomes GN
     groupnorm.functional.group_norm(x, 32)           # the function behind it
+    groupnorm.check_batch_independence(model, x)     # does a sample's output depend on the batch?
 
 See README.md for the reproduction of the paper's experiments (``groupnorm reproduce``).
 """
 
 from groupnorm import functional, nn
-from groupnorm.convert import Replacement, convert_norms, set_devices, zero_init_last_gamma
+from groupnorm.check import BatchIndependenceReport, check_batch_independence
+from groupnorm.convert import Replacement, convert_norms, set_devices, set_renorm_limits, zero_init_last_gamma
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchIndependenceReport",
     "Replacement",
     "__version__",
+    "check_batch_independence",
     "convert_norms",
     "functional",
     "nn",
     "set_devices",
+    "set_renorm_limits",
     "zero_init_last_gamma",
 ]

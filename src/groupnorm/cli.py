@@ -33,6 +33,8 @@ examples:
   groupnorm train --task detection --set backbone_norm=gn:8 --set width=16 --set fpn_channels=32
   groupnorm sweep --norms bn gn:8 --images-per-device 32 4 1 --seeds 0 1
   groupnorm report batch-sizes
+  groupnorm check resnet50                         is a model batch-independent? (exit 1 if not; names the culprits)
+  groupnorm check resnet50 --norm gn:32 --input 2,3,64,64
   torchrun --nproc_per_node 8 -m groupnorm reproduce --preset paper --set data_dir=/data/imagenet
 
 Records go under --runs (default ./runs): runs/<experiment>/<run-id>/{config.json, metrics.jsonl,
@@ -146,6 +148,18 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--runs", type=Path, default=Path("runs"))
     report.add_argument("--as", dest="kind", default=None, help="which report a records directory gets "
                         "(default: the directory's name; a sweep's records: batch-sizes)")  # fmt: skip
+
+    check = sub.add_parser(
+        "check",
+        help="is a model batch-independent in training? names the modules that mix samples",
+        description="Compare, in training mode, each sample's output alone and in the batch, and the gradient of "
+        "its output w.r.t. the other samples' inputs; print the modules that mix samples. Exit status 1 when the "
+        "model is not batch-independent.",
+    )
+    check.add_argument("model", help="a torchvision or timm model name (e.g. resnet50), or module:attr")
+    check.add_argument("--norm", default=None, help="convert every BN to this norm spec first (e.g. gn:32)")
+    check.add_argument("--input", default="2,3,224,224", help="input shape N,C,H,W (default: 2,3,224,224)")
+    check.add_argument("--tolerance", type=float, default=1e-4, help="relative difference tolerated (default 1e-4)")
     return parser
 
 
@@ -226,9 +240,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from groupnorm.check import check_batch_independence, load_model
+    from groupnorm.convert import convert_norms
+
+    try:
+        shape = tuple(int(v) for v in args.input.split(","))
+    except ValueError:
+        return _fail(f"--input must be comma-separated ints such as 2,3,224,224; got {args.input!r}")
+    model = load_model(args.model)
+    if args.norm:
+        convert_norms(model, args.norm)
+    report = check_batch_independence(model, torch.randn(shape), tolerance=args.tolerance)
+    print(f"{args.model}{f' with {args.norm}' if args.norm else ''}, input {args.input}:\n{report}")
+    return 0 if report.independent else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    handler = {"reproduce": _reproduce, "train": _train, "sweep": _sweep, "report": _report}[args.command]
+    handler = {"reproduce": _reproduce, "train": _train, "sweep": _sweep, "report": _report, "check": _check}[
+        args.command
+    ]
     try:
         return handler(args)
     except OverrideError as e:

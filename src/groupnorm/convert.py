@@ -4,6 +4,7 @@ changes = convert_norms(model, "gn:32")            # every BN -> GN(32)
 changes = convert_norms(model, "ws+gn:32")         # ... and every conv -> WS conv
 zero_init_last_gamma(model)                        # the paper's recipe for residual blocks
 set_devices(model, 8)                              # BN statistics per 8 virtual devices
+set_renorm_limits(model, step, total_steps)        # Batch Renorm's r_max / d_max ramp, each step
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from groupnorm.nn.conv import WSConv2d, WSConv3d
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm
+from groupnorm.nn.renorm import BatchRenorm, renorm_limits
 from groupnorm.nn.spec import NormSpec, OnIndivisible, make_norm, parse_norm_spec
 
-__all__ = ["Replacement", "convert_norms", "is_batch_norm", "set_devices", "zero_init_last_gamma"]
+__all__ = [
+    "Replacement",
+    "convert_norms",
+    "is_batch_norm",
+    "set_devices",
+    "set_renorm_limits",
+    "zero_init_last_gamma",
+]
 
 try:  # torchvision's BN*, used by its detection models
     from torchvision.ops.misc import FrozenBatchNorm2d as _TVFrozenBatchNorm2d
@@ -155,6 +164,22 @@ def set_devices(model: nn.Module, devices: int) -> int:
     for m in model.modules():
         if isinstance(m, BatchNorm) and not m.sync:
             m.devices = devices
+            count += 1
+    return count
+
+
+def set_renorm_limits(model: nn.Module, step: int, total_steps: int, *, ramp_end: float = 0.25) -> int:
+    """Set r_max and d_max of every BatchRenorm in ``model`` for ``step`` of a ``total_steps`` run.
+
+    The paper's ramp (BN alone, then r_max 1 -> 3 and d_max 0 -> 5) scaled to the run, as
+    :func:`groupnorm.nn.renorm_limits` gives it (r_max reaches 3 at ``ramp_end`` of the run).
+    A training loop calls it before each step; returns how many layers it set.
+    """
+    r_max, d_max = renorm_limits(step, total_steps, ramp_end=ramp_end)
+    count = 0
+    for m in model.modules():
+        if isinstance(m, BatchRenorm):
+            m.r_max, m.d_max = r_max, d_max
             count += 1
     return count
 

@@ -24,6 +24,9 @@ from groupnorm.kernels import memory_format_of as memory_format_of
 
 __all__ = [
     "batch_norm",
+    "batch_renorm",
+    "evo_norm_s0",
+    "filter_response_norm",
     "group_norm",
     "group_norm_act",
     "instance_norm",
@@ -475,3 +478,162 @@ def weight_standardize(weight: Tensor, eps: float = 1e-5) -> Tensor:
     acc = flat if flat.dtype == torch.float64 else flat.float()
     var, mean = torch.var_mean(acc, dim=1, correction=0, keepdim=True)
     return ((acc - mean) * torch.rsqrt(var + eps)).to(weight.dtype).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------------------------------
+# the family after GN: Batch Renorm, FRN + TLU, EvoNorm-S0
+
+
+def batch_renorm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    r_max: float = 1.0,
+    d_max: float = 0.0,
+    devices: int = 1,
+) -> Tensor:
+    r"""Batch Renormalization (Ioffe, 2017) with per-device statistics.
+
+    .. math::
+        \hat x = \frac{x - \mu_B}{\sigma_B} \cdot r + d, \quad
+        r = \mathrm{clip}_{[1/r_{max},\, r_{max}]}\left(\frac{\sigma_B}{\sigma}\right), \quad
+        d = \mathrm{clip}_{[-d_{max},\, d_{max}]}\left(\frac{\mu_B - \mu}{\sigma}\right), \quad
+        y = \gamma \hat x + \beta
+
+    in training, with mu_B and sigma_B = sqrt(Var_B + eps) (biased) over each of ``devices``
+    contiguous blocks of the batch (as :func:`batch_norm`), mu = ``running_mean``, sigma =
+    sqrt(``running_var`` + eps), and r and d held constant in the backward. ``r_max=1,
+    d_max=0`` is BN. The running statistics update as BN's (momentum, unbiased variance,
+    averaged over the blocks); evaluation, or training without running statistics (r=1, d=0),
+    is :func:`batch_norm`. Statistics in float32 (float64 for float64 x).
+    """
+    fn = "batch_renorm"
+    _check_input(fn, x)
+    if not (isinstance(r_max, (int, float)) and r_max >= 1):
+        raise ValueError(f"{fn}: r_max must be a number >= 1; got {r_max!r}")
+    if not (isinstance(d_max, (int, float)) and d_max >= 0):
+        raise ValueError(f"{fn}: d_max must be a number >= 0; got {d_max!r}")
+    if not training or running_mean is None or running_var is None:
+        return batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, devices)
+    n, c = x.shape[:2]
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    eps = _check_eps(fn, eps)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1 or n % devices:
+        raise ValueError(f"{fn}: devices must be a positive int dividing the batch size N={n}; got {devices!r}")
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r.shape != (c,):
+            raise ValueError(f"{fn}: {name} must have shape ({c},); got {tuple(r.shape)}")
+    values_per_block = (n // devices) * math.prod(x.shape[2:])
+    if values_per_block < 2:
+        raise ValueError(
+            f"{fn}: training needs more than 1 value per channel on each device; x has shape "
+            f"{tuple(x.shape)} with devices={devices}, so each device sees {values_per_block}"
+        )
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    blocks = x.to(acc).unflatten(0, (devices, n // devices))  # (D, N/D, C, *): a view in any format
+    dims = [1, *range(3, blocks.dim())]
+    var_b, mu_b = torch.var_mean(blocks, dim=dims, correction=0)  # (D, C)
+    sigma_b = torch.sqrt(var_b + eps)
+    with torch.no_grad():
+        sigma = torch.sqrt(running_var.to(acc) + eps)
+        r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
+        d = ((mu_b - running_mean.to(acc)) / sigma).clamp(-d_max, d_max)
+    scale = r / sigma_b  # r and d are constants for autograd; mu_B and sigma_B are not
+    shift = d - mu_b * scale
+    if weight is not None:
+        scale = scale * weight.to(acc)
+        shift = shift * weight.to(acc)
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    shape = (devices, 1, c) + (1,) * (x.dim() - 2)
+    y = (blocks * scale.view(shape) + shift.view(shape)).flatten(0, 1)
+    with torch.no_grad():
+        _update_running(running_mean, mu_b.mean(0), momentum)
+        _update_running(running_var, (var_b * (values_per_block / (values_per_block - 1))).mean(0), momentum)
+    return y.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
+def filter_response_norm(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    tau: Tensor | None = None,
+    eps: float | Tensor = 1e-6,
+) -> Tensor:
+    r"""Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, 2020).
+
+    .. math::
+        \nu^2 = \mathrm{E}_{\text{spatial}}[x^2], \qquad
+        y = \max\left(\gamma \frac{x}{\sqrt{\nu^2 + \epsilon}} + \beta,\ \tau\right)
+
+    per sample and channel, over every trailing (spatial) position; no mean is subtracted.
+    ``tau=None`` leaves out the TLU. ``eps`` may be a tensor (a learned eps, kept >= 0 by the
+    caller). x must have at least one spatial dim: (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+    nu^2 is accumulated in float32 (float64 for float64 x).
+    """
+    fn = "filter_response_norm"
+    _check_input(fn, x, min_dim=3)
+    c = x.shape[1]
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    tau = _check_param(fn, "tau", tau, c, x)
+    if not isinstance(eps, Tensor):
+        eps = _check_eps(fn, eps)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa = x.to(acc)
+    nu2 = xa.square().mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    y = xa * torch.rsqrt(nu2 + eps)
+    shape = _channel_shape(x)
+    if weight is not None:
+        y = y * weight.to(acc).view(shape)
+    if bias is not None:
+        y = y + bias.to(acc).view(shape)
+    if tau is not None:
+        y = torch.maximum(y, tau.to(acc).view(shape))
+    return y.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
+def evo_norm_s0(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    v: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""EvoNorm-S0 (Liu et al., 2020): a batch-independent norm-act.
+
+    .. math::
+        y = \frac{x \cdot \sigma(v x)}{\sqrt{\mathrm{Var}_{\text{group}}[x] + \epsilon}} \cdot \gamma + \beta
+
+    with sigma the logistic sigmoid, v, gamma and beta per channel, and the biased variance
+    per sample over each group of C/G contiguous channels and every trailing position (GN's
+    sets), accumulated in float32 (float64 for float64 x). ``v=None`` is v = 1.
+    """
+    fn = "evo_norm_s0"
+    _check_input(fn, x)
+    n, c = x.shape[:2]
+    groups = _check_groups(fn, num_groups, c)
+    weight = _check_param(fn, "weight", weight, c, x)
+    bias = _check_param(fn, "bias", bias, c, x)
+    v = _check_param(fn, "v", v, c, x)
+    eps = _check_eps(fn, eps)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa = x.to(acc)
+    grouped = xa.reshape(n, groups, -1)
+    var = grouped.var(dim=2, correction=0, keepdim=True)
+    std = torch.sqrt(var + eps).repeat_interleave(c // groups, dim=1).view((n, c) + (1,) * (x.dim() - 2))
+    shape = _channel_shape(x)
+    gate = torch.sigmoid(xa * v.to(acc).view(shape)) if v is not None else torch.sigmoid(xa)
+    y = xa * gate / std
+    if weight is not None:
+        y = y * weight.to(acc).view(shape)
+    if bias is not None:
+        y = y + bias.to(acc).view(shape)
+    return y.to(x.dtype).contiguous(memory_format=memory_format_of(x))

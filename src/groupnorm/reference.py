@@ -13,6 +13,8 @@ and the methods differ only in S_i (x has shape (N, C, *spatial)):
     IN: same sample and channel, every position
     GN: same sample, the same group of C/G contiguous channels, every position
 
+The family after GN (Batch Renorm, FRN + TLU, EvoNorm-S0) is written from its own paper below.
+
 Everything here loops over the sets S_i and computes in float64. Slow and obvious on purpose:
 nothing in the package imports this module, the tests compare against it.
 """
@@ -24,6 +26,9 @@ from torch import Tensor
 
 __all__ = [
     "batch_norm",
+    "batch_renorm",
+    "evo_norm_s0",
+    "filter_response_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
@@ -136,3 +141,85 @@ def weight_standardize(weight: Tensor, eps: float = 1e-5) -> Tensor:
     for o in range(weight.shape[0]):
         out[o] = normalize_set(weight[o], eps)
     return out
+
+
+def batch_renorm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    r_max: float = 1.0,
+    d_max: float = 0.0,
+    devices: int = 1,
+) -> Tensor:
+    """Batch Renorm in training (Ioffe 2017, Algorithm 1), per device block and channel.
+
+    x_hat = (x - mu_B) / sigma_B * r + d,  r = clip(sigma_B / sigma, 1/r_max, r_max),
+    d = clip((mu_B - mu) / sigma, -d_max, d_max), sigma_B = sqrt(Var_B + eps) (biased),
+    sigma = sqrt(running_var + eps), mu = running_mean.
+    """
+    n = x.shape[0]
+    block = n // devices
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for dev in range(devices):
+        rows = slice(dev * block, (dev + 1) * block)
+        for ch in range(x.shape[1]):
+            v = x[rows, ch].double()
+            mu_b = v.mean()
+            sigma_b = torch.sqrt(((v - mu_b) ** 2).mean() + eps)
+            sigma = torch.sqrt(running_var[ch].double() + eps)
+            # r and d are plain numbers: constants for autograd, as in the paper
+            r = min(max((sigma_b / sigma).item(), 1.0 / r_max), r_max)
+            d = min(max(((mu_b - running_mean[ch].double()) / sigma).item(), -d_max), d_max)
+            out[rows, ch] = (v - mu_b) / sigma_b * r + d
+    return _affine(out, weight, bias)
+
+
+def filter_response_norm(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    tau: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """FRN + TLU (Singh & Krishnan 2020, Eq. 1-2), per sample and channel.
+
+    nu^2 = mean of x^2 over the spatial positions;  y = max(gamma * x / sqrt(nu^2 + eps) + beta, tau).
+    """
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            v = x[i, ch].double()
+            out[i, ch] = v / torch.sqrt((v**2).mean() + eps)
+    out = _affine(out, weight, bias)
+    if tau is not None:
+        out = torch.maximum(out, tau.double().reshape((1, -1) + (1,) * (x.dim() - 2)))
+    return out
+
+
+def evo_norm_s0(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    v: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """EvoNorm-S0 (Liu et al. 2020): y = x * sigmoid(v * x) / group_std(x) * gamma + beta.
+
+    group_std = sqrt(Var + eps), biased, over GN's sets: one sample, C/G channels, all positions.
+    """
+    n, c = x.shape[:2]
+    per_group = c // num_groups
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for i in range(n):
+        for g in range(num_groups):
+            for ch in range(g * per_group, (g + 1) * per_group):
+                s = x[i, g * per_group : (g + 1) * per_group].double()
+                std = torch.sqrt(((s - s.mean()) ** 2).mean() + eps)
+                xc = x[i, ch].double()
+                vc = 1.0 if v is None else v[ch].double()
+                out[i, ch] = xc * torch.sigmoid(vc * xc) / std
+    return _affine(out, weight, bias)

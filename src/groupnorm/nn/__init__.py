@@ -2,7 +2,10 @@
 
 from groupnorm.nn.act import GroupNormAct
 from groupnorm.nn.conv import WSConv2d, WSConv3d
+from groupnorm.nn.evonorm import EvoNormS0
+from groupnorm.nn.frn import FilterResponseNorm
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm, resolve_groups
+from groupnorm.nn.renorm import BatchRenorm, renorm_limits
 from groupnorm.nn.spec import (
     NormSpec,
     conv_layer,
@@ -14,6 +17,9 @@ from groupnorm.nn.spec import (
 
 __all__ = [
     "BatchNorm",
+    "BatchRenorm",
+    "EvoNormS0",
+    "FilterResponseNorm",
     "FrozenBatchNorm",
     "GroupNorm",
     "GroupNormAct",
@@ -27,5 +33,6 @@ __all__ = [
     "nearest_divisor",
     "parse_norm_spec",
     "register_norm",
+    "renorm_limits",
     "resolve_groups",
 ]

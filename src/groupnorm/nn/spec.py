@@ -13,7 +13,15 @@
                 convert_norms; make_norm itself builds only the norm)
     <spec>+ACT  gn, ln and in fused with the activation ACT (relu or silu) that follows them:
                 a GroupNormAct (e.g. gn:32+silu, ws+gn/16+relu); a model builder that gets
-                one leaves out its own activation after that norm (see NormSpec.act)
+                one leaves out its own activation after that norm (see NormSpec.norm_act)
+    brn         Batch Renorm (Ioffe 2017), statistics per (virtual) device; r_max and d_max
+                are driven by groupnorm.set_renorm_limits (BN until then)
+    frn         FRN + TLU (Singh & Krishnan 2020), eps 1e-6: a norm-act layer
+    evonorm-s0  EvoNorm-S0 (Liu et al. 2020) with 32 groups; evonorm-s0:G, evonorm-s0/K as
+                for gn: a norm-act layer
+
+A norm-act spec (``NormSpec.norm_act``: frn, evonorm-s0, <spec>+ACT) replaces a norm and the
+activation after it; where a norm is not followed by one (before a residual add) it does not apply.
 
 ``make_norm`` also takes a callable (a class, a functools.partial, a function) and calls it
 with the number of channels, as torchvision's ``norm_layer`` arguments do. New kinds are
@@ -31,7 +39,10 @@ from torch import nn
 
 from groupnorm.nn.act import GroupNormAct
 from groupnorm.nn.conv import WSConv2d, WSConv3d
+from groupnorm.nn.evonorm import EvoNormS0
+from groupnorm.nn.frn import FilterResponseNorm
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm
+from groupnorm.nn.renorm import BatchRenorm
 
 __all__ = [
     "NormSpec",
@@ -48,7 +59,8 @@ DEFAULT_GROUPS = 32
 SPEC_ACTIVATIONS = ("relu", "silu")  # the activations a spec can fuse (+relu, +silu)
 SPEC_HELP = (
     "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32); "
-    "gn, ln and in optionally followed by +relu or +silu (e.g. gn:32+silu)"
+    "gn, ln and in optionally followed by +relu or +silu (e.g. gn:32+silu); "
+    "brn; the norm-act layers frn and evonorm-s0, evonorm-s0:G, evonorm-s0/K"
 )
 
 
@@ -77,8 +89,17 @@ class NormSpec:
 
     @property
     def uses_batch_statistics(self) -> bool:
-        """True when training outputs depend on the other samples of the batch (BN and BN:sync)."""
-        return self.kind == "bn" and self.variant != "frozen"
+        """True when training outputs depend on the other samples of the batch (BN, BN:sync, BRN)."""
+        return self.kind in ("bn", "brn") and self.variant != "frozen"
+
+    @property
+    def norm_act(self) -> bool:
+        """True when the layer replaces a (norm, activation) pair: frn, evonorm-s0, or a fused <spec>+ACT.
+
+        A model builder given such a spec puts it where a norm is followed by its activation and
+        leaves that activation out; a norm not followed by one (before a residual add) stays a plain norm.
+        """
+        return bool(self.act) or self.kind in _NORM_ACT
 
 
 _SPEC = re.compile(
@@ -88,6 +109,7 @@ _SPEC = re.compile(
 NormBuilder = Callable[[NormSpec, int, dict], nn.Module]
 _REGISTRY: dict[str, tuple[NormBuilder, Callable[[NormSpec], None]]] = {}
 _FUSES_ACT: set[str] = set()  # kinds whose builder applies spec.act itself
+_NORM_ACT: set[str] = set()  # kinds whose layer is a norm-act layer by itself (frn, evonorm-s0)
 
 
 def register_norm(
@@ -96,12 +118,14 @@ def register_norm(
     validate: Callable[[NormSpec], None] | None = None,
     *,
     fuses_act: bool = False,
+    norm_act: bool = False,
 ) -> None:
     """Make ``kind`` (and ``kind:arg`` / ``kind/K`` when ``validate`` accepts them) a norm spec.
 
     ``builder(spec, num_channels, options)`` returns the module; ``validate(spec)`` raises
     ValueError for arguments the kind does not take. With ``fuses_act`` the kind also takes
-    an activation suffix (``kind+silu``), which its builder must apply (``spec.act``).
+    an activation suffix (``kind+silu``), which its builder must apply (``spec.act``). With
+    ``norm_act`` the layer itself replaces a (norm, activation) pair (``NormSpec.norm_act``).
     """
 
     def no_arguments(spec: NormSpec) -> None:
@@ -109,10 +133,11 @@ def register_norm(
             raise ValueError(f"norm spec {str(spec)!r}: {kind} takes no arguments")
 
     _REGISTRY[kind] = (builder, validate or no_arguments)
-    if fuses_act:
-        _FUSES_ACT.add(kind)
-    else:
-        _FUSES_ACT.discard(kind)
+    for flag, kinds in ((fuses_act, _FUSES_ACT), (norm_act, _NORM_ACT)):
+        if flag:
+            kinds.add(kind)
+        else:
+            kinds.discard(kind)
 
 
 def parse_norm_spec(spec: str | NormSpec) -> NormSpec:
@@ -172,7 +197,7 @@ def make_norm(
         on_indivisible: what to do when C is not divisible by the groups (``gn:G``) or the
             group size (``gn/K``): ``"error"`` (default) raises; ``"nearest"`` uses the divisor
             of C nearest to G (or K), ties to the smaller one.
-        eps: added to the variance.
+        eps: added to the variance (not for ``frn``, which keeps its paper's 1e-6).
 
     Examples::
 
@@ -221,7 +246,8 @@ def _validate_bn(spec: NormSpec) -> None:
         raise ValueError(f"norm spec {str(spec)!r}: bn takes ':sync' or ':frozen'; expected one of {SPEC_HELP}")
 
 
-def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
+def _spec_groups(spec: NormSpec, c: int, o: dict) -> int:
+    """The number of groups a gn-like spec (kind, kind:G, kind/K) gives C channels."""
     if spec.group_size is not None:
         size = spec.group_size
         if c % size:
@@ -231,7 +257,7 @@ def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
                     f"divide C (pass on_indivisible='nearest' to use {nearest_divisor(c, size)} instead)"
                 )
             size = nearest_divisor(c, size)
-        return _group_norm(c // size, c, o["eps"], spec.act)
+        return c // size
     groups = spec.groups if spec.groups is not None else DEFAULT_GROUPS
     if c % groups:
         if o["on_indivisible"] == "error":
@@ -240,7 +266,11 @@ def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
                 f"(pass on_indivisible='nearest' to use {nearest_divisor(c, groups)} groups instead)"
             )
         groups = nearest_divisor(c, groups)
-    return _group_norm(groups, c, o["eps"], spec.act)
+    return groups
+
+
+def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
+    return _group_norm(_spec_groups(spec, c, o), c, o["eps"], spec.act)
 
 
 def _group_norm(groups: int, c: int, eps: float, act: str) -> nn.Module:
@@ -250,7 +280,7 @@ def _group_norm(groups: int, c: int, eps: float, act: str) -> nn.Module:
 
 def _validate_gn(spec: NormSpec) -> None:
     if spec.variant:
-        raise ValueError(f"norm spec {str(spec)!r}: gn takes ':G' (groups) or '/K' (channels per group)")
+        raise ValueError(f"norm spec {str(spec)!r}: {spec.kind} takes ':G' (groups) or '/K' (channels per group)")
 
 
 register_norm("bn", _build_bn, _validate_bn)
@@ -266,3 +296,12 @@ register_norm(
     fuses_act=True,
 )
 register_norm("none", lambda spec, c, o: nn.Identity())
+register_norm("brn", lambda spec, c, o: BatchRenorm(c, eps=o["eps"], devices=o["devices"]))
+# FRN keeps its paper's eps (1e-6): make_norm's eps is the BN family's variance eps.
+register_norm("frn", lambda spec, c, o: FilterResponseNorm(c), norm_act=True)
+register_norm(
+    "evonorm-s0",
+    lambda spec, c, o: EvoNormS0(c, eps=o["eps"], num_groups=_spec_groups(spec, c, o)),
+    _validate_gn,
+    norm_act=True,
+)
