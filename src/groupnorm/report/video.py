@@ -4,9 +4,9 @@ runs/video/report.md       Table 8 (top-1 / top-5 accuracy), the verdict with se
 runs/video/summary.json    {"rows": [{norm, frames, clips_per_device, devices, seeds, top1_mean, top1_std, ...}]}
 runs/video/figures/*.png
 
-Top-1 and top-5 are those of each run's final checkpoint on the val clips (``eval.json``, written by
-``groupnorm reproduce video``); where a run lacks one, top-1 falls back to 100 - the engine's median
-val error of the last epochs and top-5 is left blank.
+Top-1 and top-5 are those of each run's final model on the val clips (``top1`` and ``top5`` of its
+result.json, written by the engine's video task); the robustness table uses 100 - the median val error
+of the last epochs instead.
 """
 
 from __future__ import annotations
