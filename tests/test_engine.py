@@ -1,5 +1,6 @@
 """The one run engine, for every task: exact resume after SIGKILL, records a team can trust, clear errors."""
 
+import itertools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from groupnorm.io import cache_dir
+from groupnorm.models import build_model
 from groupnorm.report import build_report
 from groupnorm.report.common import norm_kind, norm_label
 from groupnorm.train import (
@@ -209,3 +211,25 @@ def test_every_task_starts_from_its_init(tmp_path, env, monkeypatch):
                              "trainable_layers": 3})  # fmt: skip
     with pytest.raises(FileNotFoundError, match=re.escape("init='nope/checkpoint.pt': no checkpoint at")):
         train_run(det, tmp_path, log=lambda m: None)
+
+
+def test_batch_renorm_follows_the_ramp_over_the_run(tmp_path, monkeypatch):
+    """The engine sets r_max and d_max before every step: BN alone at first, 3 and 5 from a quarter of the run."""
+    from groupnorm.nn.renorm import BatchRenorm
+
+    seen = []
+    real = BatchRenorm.forward
+
+    def spy(self, x):
+        if self.training:
+            seen.append((self.r_max, self.d_max))
+        return real(self, x)
+
+    monkeypatch.setattr(BatchRenorm, "forward", spy)
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "norm": "brn", "threads": 1})
+    assert train_run(cfg, tmp_path, log=lambda m: None)["status"] == "finished"
+    model = build_model("resnet", norm="brn", num_classes=10, in_channels=1, depth=8, width=8)
+    layers = sum(isinstance(m, BatchRenorm) for m in model.modules())
+    per_step = seen[::layers]
+    assert per_step[0] == (1.0, 0.0) and per_step[-1] == (3.0, 5.0)
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(per_step))  # r_max never falls

@@ -15,7 +15,8 @@ processes, stops a diverged run and writes result.json.
 
 Per-device BN: with ``devices`` D over W processes, each process holds D/W virtual devices and a batch
 of B x D/W images; BN takes statistics over each block of B (groupnorm.nn.BatchNorm), the optimiser
-sees the whole batch. ``bn:sync`` shares statistics across processes.
+sees the whole batch. ``bn:sync`` shares statistics across processes. Batch Renorm's r_max and d_max
+follow the paper's ramp scaled to the run's steps (groupnorm.convert.set_renorm_limits).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from groupnorm.convert import set_renorm_limits
+from groupnorm.nn.renorm import BatchRenorm
 from groupnorm.train import distributed, records
 from groupnorm.train.config import RunConfig
 from groupnorm.train.records import RunLock
@@ -177,6 +180,7 @@ def _train(task: Task, run_dir: Path, log: Callable[[str], None], progress: bool
         records.save_checkpoint(ckpt_path, full)
 
     steps = len(task.train_loader)
+    renorm = any(isinstance(m, BatchRenorm) for m in model.modules())  # Batch Renorm's r_max/d_max ramp
     show_bar = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
     status, lr = "finished", cfg.lr
     for epoch in range(state["epoch"], cfg.epochs):
@@ -194,6 +198,8 @@ def _train(task: Task, run_dir: Path, log: Callable[[str], None], progress: bool
             lr = lr_at(cfg, epoch + step / steps)
             for group in opt.param_groups:
                 group["lr"] = lr
+            if renorm:  # the paper's ramp scaled to the run (a pure function of the step: resumes exactly)
+                set_renorm_limits(model, epoch * steps + step, cfg.epochs * steps)
             loss, stats = task.step(net, batch, epoch, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
