@@ -34,14 +34,18 @@ def test_smoke_reproduce_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--preset", "smoke", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "6 already finished" in out and "epoch" not in out
+    assert "6 already finished" in out and "epoch 1/" not in out
+    assert "No verdict on the paper's claims" in out  # 2 epochs near chance: the smoke preset judges nothing
+    assert "Convergence check" in report and "6 of 6 runs fail it" in report
     assert main(["report", "--runs", str(tmp_path)]) == 0
 
 
-def fake(tmp_path, norm, b, seed, error, epochs=3):
+def fake(tmp_path, norm, b, seed, error, epochs=8):
     run_dir = tmp_path / f"{norm}-{b}-{seed}"
-    metrics = [{"epoch": e + 1, "train_error": error + 1, "val_error": error + (epochs - 1 - e), "images_seen": 96}
-               for e in range(epochs)]  # fmt: skip
+    metrics = [
+        {"epoch": e, "train_error": error + 1, "val_error": error + max(0, 4 - e), "images_seen": 96}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip (flat over the last half: converged)
     config = {"norm": norm, "images_per_device": b, "seed": seed, "devices": 8, "dataset": "fashion-mnist",
               "model": "resnet", "depth": 8, "width": 16, "train_images": 100, "epochs": epochs}  # fmt: skip
     return Record(run_dir, config, metrics, {"error": error, "train_error": error + 1})
@@ -78,10 +82,24 @@ def test_verdict_warns_when_gn_improves_as_the_batch_shrinks(tmp_path):
     recs = [fake(tmp_path, "bn", 32, 0, 12.0), fake(tmp_path, "bn", 2, 0, 16.0)]
     recs += [fake(tmp_path, "gn", 32, 0, 20.0), fake(tmp_path, "gn", 2, 0, 14.0)]
     text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
-    assert "*falls* by 6.00 points" in text and "18x the steps (18 against 1)" in text
+    assert "*falls* by 6.00 points" in text and "16x the steps (48 against 3)" in text
     assert "under-trained" in text
     recs[3] = fake(tmp_path, "gn", 2, 0, 19.8)  # within a point: no warning
     assert "Caution" not in "\n".join(verdict(cells_of(recs), "bn", "gn"))
+
+
+def test_no_verdict_on_unconverged_runs_and_ties_said_as_ties(tmp_path):
+    recs = [fake(tmp_path, "bn", 32, 0, 12.0), fake(tmp_path, "bn", 2, 0, 16.0)]
+    recs += [fake(tmp_path, "gn", 32, 0, 15.8), fake(tmp_path, "gn", 2, 0, 15.8)]
+    text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
+    assert "GN and BN tie" in text and "holds in part" in text
+    still_falling = [dict(m, val_error=20.0 - m["epoch"]) for m in recs[3].metrics]
+    recs[3] = Record(recs[3].run_dir, recs[3].config, still_falling, recs[3].result)
+    text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
+    assert "No verdict on the paper's claims" in text and "did not converge" in text and "holds" not in text
+    near_chance = [fake(tmp_path, "gn", 2, 1, 85.0)]
+    text = "\n".join(verdict(cells_of(recs[:3] + near_chance), "bn", "gn"))
+    assert "near chance" in text
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path):

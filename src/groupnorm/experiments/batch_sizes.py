@@ -30,7 +30,11 @@ class Preset:
     images_per_device: tuple[int, ...] = (32, 2, 1)
     norms_at_largest: tuple[str, ...] = ("ln", "in")
     seeds: tuple[int, ...] = (0,)
-    devices: int = 8
+    devices: int = 8  # at every B, when total_batch is 0 (the paper: 8 GPUs, so B x 8 images per step)
+    # > 0: the images of one optimiser step at every B (devices = total_batch / B virtual devices), so every B
+    # trains the same number of steps at the same lr and only BN's per-device batch changes
+    total_batch: int = 0
+    reference_batch: int = 0  # lr = base_lr x images per step / reference_batch (0: the paper's B/32 rule)
     train_images: int = 20000
     val_images: int = 0
     epochs: int = 16
@@ -88,6 +92,7 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
         for depth in preset.depths:
             for norm, b in grid:
                 for seed in preset.seeds:
+                    devices = _devices(preset, b)
                     out.append(
                         config_from(
                             preset,
@@ -96,7 +101,19 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
                             depth=depth,
                             norm=norm,
                             images_per_device=b,
+                            devices=devices,
                             seed=seed,
                         )
                     )
     return out
+
+
+def _devices(preset: Preset, images_per_device: int) -> int:
+    if not preset.total_batch:
+        return preset.devices
+    if preset.total_batch % images_per_device:
+        raise ValueError(
+            f"batch-sizes: total_batch={preset.total_batch} must be a multiple of every images_per_device; "
+            f"got {images_per_device}"
+        )
+    return preset.total_batch // images_per_device

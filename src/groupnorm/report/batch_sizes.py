@@ -15,16 +15,20 @@ from typing import Any
 
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
+    convergence,
+    convergence_text,
     fmt,
     group_cells,
     markdown_table,
     mean_std,
+    near_chance,
     norm_kind,
     norm_label,
     pyplot,
     recipe,
     save_figure,
     seed_noise_note,
+    tie,
     write_report,
 )
 from groupnorm.train.records import Record
@@ -32,7 +36,8 @@ from groupnorm.train.records import Record
 __all__ = ["Cell", "build_report", "verdict"]
 
 SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", "devices")
-KIND_ORDER = {"bn": 0, "ln": 1, "in": 2, "gn": 3}
+KIND_ORDER = {"bn": 0, "brn": 1, "ln": 2, "in": 3, "gn": 4, "frn": 5, "evonorm-s0": 6}
+BN_DIAGNOSIS = ("val_error_precise_bn", "val_error_batch_stats")  # groupnorm.train.bn_eval, in BN runs' results
 
 
 class Cell(common.Cell):
@@ -93,8 +98,9 @@ def _per_device(b: int) -> str:
     return f"{b} image{'s' if b != 1 else ''} per device"
 
 
-def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) -> list[str]:
-    """Plain sentences: does the paper's direction hold here, and by how much?"""
+def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None, classes: int = 10) -> list[str]:
+    """Plain sentences: does the paper's direction hold here, and by how much? Judged only on converged runs
+    above chance (common.convergence, common.near_chance); differences within the seed noise are ties."""
     if bn is None or gn is None:
         return ["The batch axis needs both BN and GN runs; this report has only part of them."]
     sizes = sorted({b for (n, b) in cells if n == bn} & {b for (n, b) in cells if n == gn})
@@ -136,7 +142,30 @@ def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) 
             "separates the two effects; the comparison at the small batches, where both norms had the same "
             "steps, stands."
         )
-    holds_bn, holds_gap, gn_flat = bn_rise > 0, gap > 0, abs(gn_change) < abs(bn_rise)
+    compared = [cells[(k, b)] for k in (bn, gn) for b in (large, small)]
+    failed = set(convergence(compared)["failed"])
+    unconverged = sorted({c.norm for c in compared for r in c.records if r.run_dir.name in failed})
+    chance = [f"{norm_label(c.norm)} at {c.images_per_device}" for c in compared if near_chance(c.mean_std[0], classes)
+              and c.norm == gn]  # fmt: skip
+    noise = math.hypot(sd_bn_s, sd_gn_s)
+    if tie(gap, noise, n):
+        lines.append(f"- At {_per_device(small)} GN and BN tie: {gap:+.2f} points cannot be told from the noise.")
+    holds_bn = bn_rise > 0 and not tie(bn_rise, math.hypot(sd_bn_l, sd_bn_s), n)
+    holds_gap = gap > 0 and not tie(gap, noise, n)
+    gn_flat = abs(gn_change) < abs(bn_rise)
+    if unconverged or chance:
+        why = []
+        if unconverged:
+            why.append(
+                f"runs of {', '.join(norm_label(u) for u in unconverged)} did not converge (see the check below)"
+            )
+        if chance:
+            why.append(f"{', '.join(chance)} is near chance")
+        lines.append(
+            f"\n**No verdict on the paper's claims**: {' and '.join(why)}, so these numbers measure the training "
+            "budget more than the normalization. Train longer (`--set epochs=...`) or use a larger preset."
+        )
+        return lines
     if holds_bn and holds_gap and gn_flat:
         summary = (
             "**The paper's direction holds here**: BN degrades as the per-device batch shrinks, "
@@ -150,6 +179,11 @@ def verdict(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) 
     elif holds_bn:
         summary = (
             "**The paper's direction holds weakly**: BN degrades as the batch shrinks, but GN moves as much or more."
+        )
+    elif not bn_rise > 0 or tie(bn_rise, math.hypot(sd_bn_l, sd_bn_s), n):
+        summary = (
+            "**The paper's direction does not hold here**: BN's error does not rise beyond the noise at small "
+            "per-device batches in this setting."
         )
     else:
         summary = (
@@ -174,7 +208,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     out = [f"## {_setting_title(setting)}\n" if multi else ""]
 
     out.append("### Verdict\n")
-    out += [line + "\n" for line in verdict(cells, bn, gn)]
+    out += [line + "\n" for line in verdict(cells, bn, gn, _classes(recs))]
+    check = convergence(cells.values())
+    out.append("\n" + convergence_text(check))
 
     # Table 1: every norm at the largest batch.
     at_largest = sorted(
@@ -242,6 +278,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             f"\nErrors in %, median val error of the last epochs of each run; mean ± sd over {n_seeds} seed(s).\n"
         )
 
+    if bn:
+        out.append(_why_bn_fails(cells, bn, gn))
+
     # Figures.
     out.append("\n### Figures\n")
     for name, title, draw in (
@@ -255,6 +294,11 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             f"fig5_{slug}.png",
             "Figure 5 — val error per epoch of BN and GN at each batch size",
             lambda: _fig5(cells, bn, gn),
+        ),
+        (
+            f"curves_{slug}.png",
+            "Every setting: train (dashed) and val (solid) error per epoch",
+            lambda: _fig_runs(cells),
         ),
     ):
         fig = draw()
@@ -275,10 +319,76 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
                 "seeds": c.seeds,
                 "error_mean": m,
                 "error_std": s,
+                "train_error_mean": mean_std(c.train_errors)[0],
+                **{f"{k}_mean": c.stats(k)[0] for k in BN_DIAGNOSIS if k in c.records[0].result},  # type: ignore[operator]
+                **{f"{k}_std": c.stats(k)[1] for k in BN_DIAGNOSIS if k in c.records[0].result},  # type: ignore[operator]
+                "unconverged": [r.run_dir.name for r in c.records if r.run_dir.name in check["failed"]],
                 **dict(zip(SETTING_KEYS, setting, strict=True)),
             }
         )
     return "".join(out), summary_rows
+
+
+def _classes(recs: list[Record]) -> int:
+    from groupnorm.data.datasets import LOADERS
+
+    name = recs[0].config.get("dataset", "")
+    return LOADERS[name][2] if name in LOADERS else 1000
+
+
+def _why_bn_fails(cells: dict[tuple[str, int], Cell], bn: str, gn: str | None) -> str:
+    """BN evaluated three ways beside GN, and BN's loss split into the train/test statistics mismatch and the
+    noise of training with small-batch statistics (groupnorm.train.bn_eval)."""
+    axis = sorted((b for (n, b), c in cells.items() if n == bn and BN_DIAGNOSIS[0] in c.records[0].result),
+                  reverse=True)  # fmt: skip
+    if not axis:
+        return ""
+    large = axis[0]
+    run = {b: cells[(bn, b)].mean_std[0] for b in axis}
+    precise = {b: cells[(bn, b)].stats(BN_DIAGNOSIS[0])[0] for b in axis}
+    batch = {b: cells[(bn, b)].stats(BN_DIAGNOSIS[1])[0] for b in axis}
+    rows = [
+        ["BN, running averages (as trained)", *[f"{run[b]:.2f}" for b in axis]],
+        ["BN, PreciseBN (statistics re-estimated, final weights)", *[f"{precise[b]:.2f}" for b in axis]],
+        ["BN, batch statistics at test (batches of B)", *[f"{batch[b]:.2f}" for b in axis]],
+    ]
+    if gn:
+        rows.append([norm_label(gn), *[f"{cells[(gn, b)].mean_std[0]:.2f}" if (gn, b) in cells else "–" for b in axis]])
+    mismatch = {b: (run[b] - batch[b]) - (run[large] - batch[large]) for b in axis}
+    noise = {b: batch[b] - batch[large] for b in axis}
+    rows.append([f"BN's loss against {large}/device", *[f"{run[b] - run[large]:+.2f}" for b in axis]])
+    rows.append(["... train/test statistics mismatch", *[f"{mismatch[b]:+.2f}" for b in axis]])
+    rows.append(["... training with small-batch statistics", *[f"{noise[b]:+.2f}" for b in axis]])
+    small = axis[-1]
+    return (
+        "\n### Why BN fails at small batches (beyond the paper)\n\n"
+        + markdown_table(["val error, %", *[str(b) for b in axis]], rows)
+        + f"\nBN's loss at B against {large}/device splits into the mismatch (what evaluating with the statistics "
+        "of test batches of B, as in training, recovers: running averages minus batch statistics, relative to "
+        f"{large}) and the noise of training with B-image statistics (batch statistics at B minus at {large}). "
+        f"At {small}/device: {run[small] - run[large]:+.2f} = {mismatch[small]:+.2f} mismatch "
+        f"{noise[small]:+.2f} training noise. PreciseBN shows how much of the mismatch better population "
+        "statistics fix without changing the weights. Means over seeds.\n"
+    )
+
+
+def _fig_runs(cells: dict[tuple[str, int], Cell]):
+    """Train and val error per epoch of every (norm, B), one panel per norm (means over seeds)."""
+    norms = sorted({n for n, _ in cells}, key=lambda n: (KIND_ORDER.get(norm_kind(n), 9), n))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(norms), figsize=(3.6 * len(norms), 3.2), sharey=True, squeeze=False)
+    for ax, norm in zip(axes[0], norms, strict=True):
+        for b in sorted((b for n, b in cells if n == norm), reverse=True):
+            c = cells[(norm, b)]
+            (line,) = ax.plot(range(1, len(c.curve("val_error")) + 1), c.curve("val_error"), label=f"B={b}")
+            ax.plot(range(1, len(c.curve("train_error")) + 1), c.curve("train_error"), "--", color=line.get_color())
+        ax.set_title(norm_label(norm))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("error (%)")
+    fig.tight_layout()
+    return fig
 
 
 def _fig1(cells, bn, gn):

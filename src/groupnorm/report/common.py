@@ -16,18 +16,24 @@ from groupnorm.nn.spec import parse_norm_spec
 from groupnorm.train.records import Record, load_records
 
 __all__ = [
+    "CONVERGENCE_THRESHOLD",
     "Cell",
     "FinishedRuns",
+    "convergence",
+    "convergence_text",
     "finished_runs",
     "fmt",
     "group_cells",
+    "last_quarter_gain",
     "markdown_table",
     "mean_std",
+    "near_chance",
     "norm_kind",
     "norm_label",
     "recipe",
     "save_figure",
     "seed_noise_note",
+    "tie",
     "write_report",
 ]
 
@@ -131,6 +137,63 @@ def group_cells(
     return cells
 
 
+CONVERGENCE_THRESHOLD = 1.0  # points of val error (or AP) gained over the last quarter of training, at most
+CHANCE_MARGIN = 0.8  # an error above this fraction of chance's is "near chance"
+
+
+def last_quarter_gain(metrics: Sequence[dict[str, Any]], key: str = "val_error", higher_better: bool = False):
+    """How much ``key`` improved over the last quarter of training: its value at the start of the last quarter
+    minus the best value after it (points; positive = still improving). None when the run is too short to
+    tell (fewer than 4 epochs, or no value of ``key`` before and in its last quarter)."""
+    points = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
+    epochs = metrics[-1]["epoch"] if metrics else 0
+    if epochs < 4 or not points:
+        return None
+    start = 0.75 * epochs
+    before = [v for e, v in points if e <= start]
+    after = [v for e, v in points if e > start]
+    if not before or not after:
+        return None
+    sign = -1.0 if higher_better else 1.0
+    return sign * (before[-1] - (max(after) if higher_better else min(after)))
+
+
+def convergence(cells: Iterable[Cell], key: str = "val_error", higher_better: bool = False) -> dict[str, Any]:
+    """Every run's last-quarter gain, and which runs fail the check (gain above CONVERGENCE_THRESHOLD, or too
+    short to tell): {"gains": {run_id: gain or None}, "failed": [run ids]}."""
+    gains = {r.run_dir.name: last_quarter_gain(r.metrics, key, higher_better) for c in cells for r in c.records}
+    failed = [k for k, g in gains.items() if g is None or g > CONVERGENCE_THRESHOLD]
+    return {"gains": gains, "failed": failed, "threshold": CONVERGENCE_THRESHOLD, "key": key}
+
+
+def convergence_text(check: dict[str, Any]) -> str:
+    """The report's convergence paragraph."""
+    gains = [g for g in check["gains"].values() if g is not None]
+    worst = f"; the largest gain is {max(gains):.2f}" if gains else ""
+    rule = (
+        f"Convergence check: a run passes when its {check['key']} improved by at most "
+        f"{check['threshold']:.1f} points over the last quarter of its epochs{worst}. "
+    )
+    if not check["failed"]:
+        return rule + f"All {len(check['gains'])} runs pass.\n"
+    return rule + (
+        f"**{len(check['failed'])} of {len(check['gains'])} runs fail it** (still improving, or too short to "
+        f"tell): {', '.join(f'`{r}`' for r in check['failed'])}. Their numbers are not converged values, and "
+        "the verdict does not judge the paper's claims on them.\n"
+    )
+
+
+def near_chance(error: float, classes: int | None) -> bool:
+    """Whether a top-1 error % is near chance's (at least CHANCE_MARGIN of the error of guessing)."""
+    return bool(classes) and error >= CHANCE_MARGIN * 100.0 * (1 - 1 / classes)  # type: ignore[operator]
+
+
+def tie(diff: float, sd: float, n_seeds: int, floor: float = 0.5) -> bool:
+    """A difference that cannot be told from noise: within twice the seed noise (2+ seeds), or below
+    ``floor`` points with one seed."""
+    return abs(diff) <= (2 * sd if n_seeds >= 2 else floor)
+
+
 def norm_kind(spec: str) -> str:
     """The normalization of a spec: 'gn:8' -> 'gn', 'ws+gn/16' -> 'gn', 'gn:8+silu' -> 'gn'."""
     return parse_norm_spec(spec).kind
@@ -167,10 +230,21 @@ def recipe(configs: Sequence[dict[str, Any]], unit: str = "images") -> str:
             schedules.add("/10 at " + ", ".join(f"{m:.0%}" for m in ms) + " of training")
         else:
             schedules.add("cosine decay")
+    if any(c.get("reference_batch") for c in configs):  # the optimiser's batch fixed: one lr for every B
+        batch = _values([{"b": c["images_per_device"] * c["devices"]} for c in configs], "b")
+        rule = (
+            f"B = {_values(configs, 'images_per_device', 0)} {unit} per device on {_values(configs, 'devices')} "
+            f"(virtual) devices, the same {batch} {unit} per optimiser step at every B, so one lr = "
+            f"{_values(configs, 'base_lr')} x {batch}/{_values(configs, 'reference_batch')}"
+        )
+    else:
+        rule = (
+            f"lr = {_values(configs, 'base_lr')} x B/{_values(configs, 'reference_images_per_device', 32)} at B "
+            f"{unit} per device"
+        )
     return (
         f"SGD momentum {_values(configs, 'momentum')}, weight decay {_values(configs, 'weight_decay')}; "
-        f"lr = {_values(configs, 'base_lr')} x B/{_values(configs, 'reference_images_per_device', 32)} at B {unit} "
-        f"per device, warmed up linearly from lr/10 over {_values(configs, 'warmup_epochs')} epochs, then "
+        f"{rule}, warmed up linearly from lr/10 over {_values(configs, 'warmup_epochs')} epochs, then "
         f"{' / '.join(sorted(schedules))}; {_values(configs, 'epochs')} epochs at every B"
     )
 

@@ -19,7 +19,9 @@ from groupnorm.convert import set_devices
 from groupnorm.data.datasets import LOADERS, dataset_shape, load_image_data
 from groupnorm.data.loader import FolderLoader, MemoryLoader
 from groupnorm.models import build_model
+from groupnorm.nn.spec import parse_norm_spec
 from groupnorm.train import distributed, records
+from groupnorm.train.bn_eval import batch_norms, batch_statistics_mode, precise_bn
 from groupnorm.train.config import TrainConfig
 from groupnorm.train.engine import TASKS
 from groupnorm.train.probe import probe_batch, probe_percentiles, probed_module
@@ -28,6 +30,7 @@ from groupnorm.train.task import Task
 __all__ = ["EVAL_BATCH", "ClassificationTask", "build_classifier", "evaluate"]
 
 EVAL_BATCH = 500
+BN_DIAGNOSIS = ("val_error_precise_bn", "val_error_batch_stats")
 
 
 def build_classifier(cfg: TrainConfig, num_classes: int, in_channels: int, devices: int) -> nn.Module:
@@ -112,20 +115,28 @@ class ClassificationTask(Task[TrainConfig]):
     def dataset_key(self) -> str:
         return self.cfg.dataset
 
-    def loaders(self, batch: int):
+    def loader(self, split: str, batch: int, train: bool):
+        """A loader of ``split`` (train | val); ``train``: shuffled and augmented, else every image in order."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.dataset == "imagefolder":
-            root = Path(cfg.data_dir)
             common = {"size": cfg.image_size, "seed": cfg.seed, "rank": ctx.rank, "world": ctx.world,
                       "workers": cfg.workers, "channels_last": cfg.channels_last}  # fmt: skip
-            train = FolderLoader(root / "train", batch, train=True, **common)
-            val = FolderLoader(root / "val", EVAL_BATCH, train=False, **common)
-            return train, val, len(train.classes), 3
+            return FolderLoader(Path(cfg.data_dir) / split, batch, train=train, **common)
         data = load_image_data(self.dataset_key(), cfg.train_images, cfg.val_images, cfg.data_dir or None)
-        common = {"mean": data.mean, "std": data.std, "seed": cfg.seed, "rank": ctx.rank, "world": ctx.world,
-                  "channels_last": cfg.channels_last}  # fmt: skip
-        train = MemoryLoader(data.train_images, data.train_labels, batch, train=True, augment=data.augment, **common)
-        val = MemoryLoader(data.val_images, data.val_labels, EVAL_BATCH, train=False, **common)
+        images, labels = (
+            (data.train_images, data.train_labels) if split == "train" else (data.val_images, data.val_labels)
+        )
+        return MemoryLoader(images, labels, batch, train=train, augment=data.augment, mean=data.mean, std=data.std,
+                            seed=cfg.seed, rank=ctx.rank, world=ctx.world, channels_last=cfg.channels_last)  # fmt: skip
+
+    def loaders(self, batch: int):
+        train = self.loader("train", batch, train=True)
+        val = self.loader("val", EVAL_BATCH, train=False)
+        if self.cfg.dataset == "imagefolder":
+            return train, val, len(train.classes), 3
+        data = load_image_data(
+            self.dataset_key(), self.cfg.train_images, self.cfg.val_images, self.cfg.data_dir or None
+        )
         return train, val, data.num_classes, data.in_channels
 
     memory_format = torch.channels_last
@@ -193,7 +204,20 @@ class ClassificationTask(Task[TrainConfig]):
         return sums[2]
 
     def evaluate(self, model: nn.Module, epoch: int, last: bool) -> dict[str, Any]:
-        return evaluate(model, self.val_loader, self.ctx.device)
+        out = evaluate(model, self.val_loader, self.ctx.device)
+        if last and parse_norm_spec(self.cfg.norm).variant != "sync" and batch_norms(model):
+            out.update(self.bn_diagnosis(model))
+        return out
+
+    def bn_diagnosis(self, model: nn.Module) -> dict[str, float]:
+        """Val error of the final BN model with PreciseBN statistics, and with batch statistics in batches of
+        the run's per-device size (groupnorm.train.bn_eval): why BN fails at small batches."""
+        device = self.ctx.device
+        with precise_bn(model, self.loader("train", EVAL_BATCH, train=False), device):
+            precise = evaluate(model, self.val_loader, device)
+        with batch_statistics_mode(model):
+            batch = evaluate(model, self.loader("val", self.cfg.images_per_device, train=False), device)
+        return dict(zip(BN_DIAGNOSIS, (precise["val_error"], batch["val_error"]), strict=True))
 
     def log_line(self, entry: dict[str, Any]) -> str:
         val = f"  val err {entry['val_error']:5.2f}%" if "val_error" in entry else ""
@@ -216,6 +240,11 @@ class ClassificationTask(Task[TrainConfig]):
             "final_val_error": val[-1] if val else nan,
             "best_val_error": min(val) if val else nan,
             "final_val_top5_error": metrics[-1].get("val_top5_error", nan) if metrics else nan,
+            **{
+                k: metrics[-1][k]
+                for k in ("val_error_precise_bn", "val_error_batch_stats")
+                if metrics and k in metrics[-1]
+            },
         }
 
 

@@ -7,8 +7,11 @@ and video, ``DetectionConfig`` in groupnorm.train.detection).
 
 One lr rule and one warm-up rule for every task (groupnorm.train.schedule):
 
-- scaling: ``lr = base_lr x images_per_device / reference_images_per_device``, the paper's
-  0.1 x B/32 with B images per device at a fixed number of devices (Goyal et al.'s linear scaling);
+- scaling (Goyal et al.'s linear rule): ``lr = base_lr x effective_batch / reference_batch``, the images of
+  one optimiser step over the reference batch. ``reference_batch`` 0 (the default) means
+  ``reference_images_per_device x devices``: the paper's 0.1 x B/32 with B images per device on a fixed
+  number of devices. A preset that holds the optimiser's batch fixed while B varies (more virtual devices
+  at smaller B) gives ``reference_batch`` and so trains every B at the same lr;
 - warm-up: linear from lr/10 to lr over ``warmup_epochs``, then ``schedule`` (cosine, or step: /10
   at each of ``milestones``, fractions of training).
 """
@@ -61,6 +64,7 @@ class RunConfig:
     epochs: int = 16
     base_lr: float = 0.1
     reference_images_per_device: int = 32
+    reference_batch: int = _hashed_unless_default(0)  # 0: reference_images_per_device x devices
     schedule: str = "cosine"  # cosine | step (/10 at each of milestones)
     milestones: tuple[float, ...] = _hashed_unless_default(STEP_MILESTONES)
     warmup_epochs: float = 1.0
@@ -94,7 +98,7 @@ class RunConfig:
         if not all(0 < m < 1 for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"milestones must be increasing fractions of training in (0, 1); got {self.milestones!r}")
         object.__setattr__(self, "milestones", ms)  # one spelling, one run id
-        for key in ("threads", "checkpoint_steps"):
+        for key in ("threads", "checkpoint_steps", "reference_batch"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0; got {getattr(self, key)!r}")
 
@@ -104,7 +108,8 @@ class RunConfig:
 
     @property
     def lr(self) -> float:
-        return scaled_lr(self.base_lr, self.images_per_device, self.reference_images_per_device)
+        reference = self.reference_batch or self.reference_images_per_device * self.devices
+        return self.base_lr * self.effective_batch / reference
 
     @property
     def effective_batch(self) -> int:
@@ -201,7 +206,7 @@ def config_from(preset: Any, cls: type[C] = TrainConfig, **fields: Any) -> C:  #
 
 
 def scaled_lr(base_lr: float, images_per_device: int, reference: int = 32) -> float:
-    """The paper's linear scaling: base_lr at ``reference`` images per device, proportional to B."""
+    """The paper's linear scaling at a fixed number of devices: base_lr at ``reference`` images per device."""
     return base_lr * images_per_device / reference
 
 

@@ -1,0 +1,107 @@
+"""Why BN fails at small batches, measured on a trained model (beyond the paper).
+
+Two other ways to evaluate a BN model besides its running averages:
+
+- ``precise_bn``: the statistics re-estimated over the training set with the final weights (PreciseBN,
+  Wu & Johnson 2021): every BN layer's mean and variance averaged over large batches of training images
+  in the model's final state, instead of the exponential average of small-batch statistics collected
+  while the weights moved;
+- ``batch_statistics``: BN in training mode at test time, in batches of the run's per-device size B: the
+  model evaluated with the statistics it was trained with, so there is no train/test mismatch at all.
+
+The gap between running averages and batch statistics is the train/test mismatch of small-batch BN; what
+remains against BN at a large B is the cost of training with noisy small-batch statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from groupnorm.convert import set_devices
+from groupnorm.train import distributed
+
+__all__ = ["batch_norms", "batch_statistics_mode", "precise_bn"]
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BN layers of ``model`` that keep running statistics (BN, SyncBN, Batch Renorm; not BN*)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def _kept(model: nn.Module, bns: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Restore the BN buffers, momenta, devices and training flags of ``model`` afterwards."""
+    buffers = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+    momenta = [m.momentum for m in bns]
+    limits = [(getattr(m, "r_max", None), getattr(m, "d_max", None)) for m in bns]
+    devices = {id(m): m.devices for m in model.modules() if hasattr(m, "devices")}
+    modes = {id(m): m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, state, momentum, (r_max, d_max) in zip(bns, buffers, momenta, limits, strict=True):
+            m.load_state_dict(state)
+            m.momentum = momentum
+            if r_max is not None:
+                m.r_max, m.d_max = r_max, d_max
+        for m in model.modules():
+            if id(m) in devices:
+                m.devices = devices[id(m)]
+            m.training = modes[id(m)]
+
+
+@contextlib.contextmanager
+def precise_bn(model: nn.Module, loader, device: torch.device, images: int = 10000) -> Iterator[None]:
+    """A context in which ``model``'s BN layers hold statistics re-estimated on ``images`` images of
+    ``loader`` (training images, in order, no augmentation) with the current weights; restored after.
+
+    Each layer's mean and variance are the average over batches of the loader's batch statistics (one
+    device per batch: the loader's batches are large), averaged over processes under torchrun.
+    """
+    bns = batch_norms(model)
+    with _kept(model, bns), torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        _plain_batch_norm(model, bns)
+        seen = 0
+        for x, _ in loader.epoch(0):
+            model(x.to(device, non_blocking=True))
+            seen += len(x)
+            if seen >= images:
+                break
+        if distributed.all_reduce_sum([1.0], device)[0] > 1:
+            world = torch.distributed.get_world_size()
+            for m in bns:
+                for buf in (m.running_mean, m.running_var):
+                    torch.distributed.all_reduce(buf)
+                    buf.div_(world)
+        model.eval()
+        yield
+
+
+def _plain_batch_norm(model: nn.Module, bns: list[nn.modules.batchnorm._BatchNorm]) -> None:
+    """Every layer in eval mode but the BN layers, which take the statistics of each whole batch (one device;
+    Batch Renorm without its corrections)."""
+    set_devices(model, 1)
+    model.eval()
+    for m in bns:
+        m.train()
+        if hasattr(m, "r_max"):
+            m.r_max, m.d_max = 1.0, 0.0
+
+
+@contextlib.contextmanager
+def batch_statistics_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` evaluates its BN layers with the statistics of each batch (training mode, one device per
+    batch, running statistics untouched); every other layer in eval mode. Restored after."""
+    bns = batch_norms(model)
+    with _kept(model, bns):
+        _plain_batch_norm(model, bns)
+        for m in bns:
+            m.momentum = 0.0  # running = running: nothing is updated
+        yield

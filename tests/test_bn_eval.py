@@ -1,0 +1,62 @@
+"""PreciseBN and test-time batch statistics: what they compute, that they leave the model as it was, the records."""
+
+import torch
+from torch import nn
+
+from groupnorm import nn as gnn
+from groupnorm.data.loader import MemoryLoader
+from groupnorm.train import TrainConfig, train_run
+from groupnorm.train.bn_eval import batch_norms, batch_statistics_mode, precise_bn
+
+
+def _net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), gnn.BatchNorm(4, devices=4), nn.ReLU(), nn.Flatten())
+
+
+def _loader(images, batch):
+    return MemoryLoader(images, torch.zeros(len(images), dtype=torch.int64), batch, mean=(0.5,), std=(0.25,),
+                        train=False)  # fmt: skip
+
+
+def test_precise_bn_averages_large_batch_statistics_and_restores_the_model():
+    torch.manual_seed(0)
+    net = _net()
+    bn = net[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(7.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randint(0, 256, (60, 1, 6, 6), dtype=torch.uint8)
+    loader = _loader(images, 20)
+    with precise_bn(net, loader, torch.device("cpu")):
+        assert not net.training and not bn.training and bn.devices == 1  # evaluated as one device
+        feats = [net[0](x) for x, _ in loader.epoch(0)]  # three batches of 20
+        mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+        var = torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0)
+        torch.testing.assert_close(bn.running_mean, mean)
+        torch.testing.assert_close(bn.running_var, var)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert net.training and bn.momentum == 0.1
+
+
+def test_batch_statistics_mode_normalises_each_batch_and_changes_nothing():
+    net = _net().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(3, 1, 5, 5)
+    with batch_statistics_mode(net), torch.no_grad():
+        out = net(x).view(3, 4, 5, 5)
+    y = net[0](x)
+    ref = (y - y.mean((0, 2, 3), keepdim=True)) / (y.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(out, ref.clamp_min(0) * net[1].weight.view(1, 4, 1, 1), atol=1e-5, rtol=1e-5)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert not net.training and not net[1].training
+
+
+def test_a_bn_run_records_why_it_fails_and_a_gn_run_does_not(tmp_path):
+    kw = {"train_images": 256, "val_images": 128, "epochs": 1, "images_per_device": 2, "devices": 8, "width": 8,
+          "threads": 1, "median_last": 1}  # fmt: skip
+    bn = train_run(TrainConfig(norm="bn", **kw), tmp_path, log=lambda m: None)
+    assert 0 <= bn["val_error_precise_bn"] <= 100 and 0 <= bn["val_error_batch_stats"] <= 100
+    gn = train_run(TrainConfig(norm="gn:4", **kw), tmp_path, log=lambda m: None)
+    assert "val_error_precise_bn" not in gn and not batch_norms(gnn.GroupNorm(2, 4))
