@@ -151,7 +151,8 @@ def test_smoke_reproduce_groups_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reproduce", "groups", "--preset", "smoke", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "6 already finished" in out and "epoch" not in out
+    assert "6 already finished" in out and "epoch 1/" not in out
+    assert "No verdict on the paper's claims" in report  # one epoch: nothing is judged
     assert main(["report", "groups", "--runs", str(tmp_path)]) == 0
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         build_report(tmp_path / "nothing")

@@ -157,13 +157,15 @@ def _fake_run(root: Path, norm: str, frames: int, per_device: int, seed: int, to
         seed=seed,
         train_images=6000,
         val_images=2000,
-        epochs=2,
+        epochs=8,
         reference_images_per_device=8,
     )
     d = root / cfg.id
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(cfg.to_dict()))
-    lines = [{"epoch": e, "train_error": 50.0, "val_error": 100 - top1 + 2 - e, "seconds": e} for e in (1, 2)]
+    lines = [
+        {"epoch": e, "train_error": 50.0, "val_error": 100 - top1 + max(0, 4 - e), "seconds": e} for e in range(1, 9)
+    ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     result = {"status": "finished", "error": 100 - top1, "train_error": 50.0, "top1": top1, "top5": top5}
     (d / "result.json").write_text(json.dumps(result))

@@ -23,6 +23,7 @@ __all__ = [
     "convergence_text",
     "finished_runs",
     "fmt",
+    "gated",
     "group_cells",
     "last_quarter_gain",
     "markdown_table",
@@ -181,6 +182,23 @@ def convergence_text(check: dict[str, Any]) -> str:
         f"tell): {', '.join(f'`{r}`' for r in check['failed'])}. Their numbers are not converged values, and "
         "the verdict does not judge the paper's claims on them.\n"
     )
+
+
+def gated(lines: list[str], check: dict[str, Any]) -> list[str]:
+    """A verdict whose summary (its last line opening with "**") gives way to "no verdict" when runs failed
+    the convergence check: the paper's claims are not judged on unconverged numbers."""
+    if not check["failed"]:
+        return lines
+    out = list(lines)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].lstrip().startswith("**"):
+            out[i] = (
+                f"\n**No verdict on the paper's claims**: {len(check['failed'])} of {len(check['gains'])} runs did "
+                "not converge (the check below), so the differences above measure the training budget as much "
+                "as the normalization. Train longer (`--set epochs=...`) or use a larger preset."
+            )
+            break
+    return out
 
 
 def near_chance(error: float, classes: int | None) -> bool:

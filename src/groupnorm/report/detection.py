@@ -16,7 +16,10 @@ from typing import Any
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
     _values,
+    convergence,
+    convergence_text,
     fmt,
+    gated,
     group_cells,
     markdown_table,
     mean_std,
@@ -251,7 +254,9 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
     slug = hashlib.sha256(str(setting).encode()).hexdigest()[:8] if multi else "main"
     out = [f"## {_setting_title(setting)}\n\n" if multi else f"Setting: {_setting_title(setting)}.\n\n"]
     out.append("### Verdict\n\n")
-    out += [line + "\n" for line in verdict(cells)]
+    check = convergence(cells, "bbox_AP", higher_better=True)
+    out += [line + "\n" for line in gated(verdict(cells), check)]
+    out.append("\n" + convergence_text(check))
     out.append("\n### Tables 4-7 — Mask R-CNN, box and mask AP (COCOeval, %) beside the paper's (R50-FPN on COCO)\n\n")
     out.append(_ap_table(cells))
     out.append(

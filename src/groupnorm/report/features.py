@@ -16,7 +16,10 @@ from typing import Any
 
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
+    convergence,
+    convergence_text,
     fmt,
+    gated,
     group_cells,
     markdown_table,
     mean_std,
@@ -249,7 +252,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     n_seeds = max(len(r.records) for r in runs.values())
     out = [f"## {_setting_title(setting)}\n\n" if multi else f"Setting: {_setting_title(setting)}.\n\n"]
     out.append("### Verdict\n\n")
-    out += [line + "\n" for line in verdict(runs, curves)]
+    check = convergence(runs.values())
+    out += [line + "\n" for line in gated(verdict(runs, curves), check)]
+    out.append("\n" + convergence_text(check))
     out.append("\n### Val error beside the paper's\n\n")
     out.append(_error_table(runs, curves))
     out.append(

@@ -15,7 +15,10 @@ from typing import Any
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
     _values,
+    convergence,
+    convergence_text,
     fmt,
+    gated,
     group_cells,
     markdown_table,
     mean_std,
@@ -227,7 +230,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     rows = _cells(recs)
     out = [f"## {_setting_title(setting)}\n\n" if multi else f"Setting: {_setting_title(setting)}.\n\n"]
     out.append("### Verdict\n\n")
-    out += [line + "\n" for line in verdict(rows)]
+    check = convergence([c for row in rows.values() for c in row.values()])
+    out += [line + "\n" for line in gated(verdict(rows), check)]
+    out.append("\n" + convergence_text(check))
     n_seeds = max((len(c.records) for row in rows.values() for c in row.values()), default=0)
     for i, axis in enumerate(a for a in AXES if a in rows):
         out.append(f"\n### Table 3{'ab'[i]} — error against {AXES[axis][0]}\n\n")

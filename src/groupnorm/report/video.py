@@ -19,6 +19,9 @@ from typing import Any
 from groupnorm.data.clips import split_dataset_name
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
+    convergence,
+    convergence_text,
+    gated,
     group_cells,
     markdown_table,
     mean_std,
@@ -255,7 +258,9 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     )
     out = [f"## {_setting_title(setting)}\n\n" if multi else ""]
     out.append("### Verdict\n\n")
-    out += [line + "\n" for line in verdict(cells, bn, gn)]
+    check = convergence(cells.values())
+    out += [line + "\n" for line in gated(verdict(cells, bn, gn), check)]
+    out.append("\n" + convergence_text(check))
 
     norms = sorted({n for n, _, _ in cells}, key=lambda n: ({"bn": 0, "gn": 1}.get(norm_kind(n), 2), n))
     out.append("\n### Table 8 — top-1 / top-5 accuracy (%), ours beside the paper's\n\n")
