@@ -4,12 +4,14 @@
     norm = groupnorm.nn.GroupNorm(32, 256)          # drop-in for torch.nn.GroupNorm
     groupnorm.convert_norms(model, "gn:32")          # every BN in a model becomes GN
     groupnorm.functional.group_norm(x, 32)           # the function behind it
+    groupnorm.fuse_group_norm_act(unet, *example)     # a UNet's GroupNorm + SiLU -> one fused layer
 
 See README.md for the reproduction of the paper's experiments (``groupnorm reproduce``).
 """
 
 from groupnorm import functional, nn
 from groupnorm.convert import Replacement, convert_norms, set_devices, zero_init_last_gamma
+from groupnorm.fuse import fuse_group_norm_act
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,7 @@ __all__ = [
     "Replacement",
     "__version__",
     "convert_norms",
+    "fuse_group_norm_act",
     "functional",
     "nn",
     "set_devices",
