@@ -344,14 +344,17 @@ def test_kernels_can_be_turned_off(monkeypatch):
         assert kernels.backend_for(torch.randn(2, 4)) == "native"
 
 
-def test_build_is_cached_and_reused(monkeypatch, tmp_path):
+def test_build_is_cached_and_reused(monkeypatch, tmp_path, capfd):
     _reset_cpu_library(monkeypatch)
     monkeypatch.setenv("GROUPNORM_CACHE", str(tmp_path))
     assert cpu.available()
     first = cpu.build_info()
     assert first["path"].startswith(str(tmp_path)) and first["build_seconds"] > 0
+    said = capfd.readouterr().err.splitlines()
+    assert said == [f"groupnorm: building the CPU GroupNorm kernels (first use, about 5 s) into {first['path']}"]
     _reset_cpu_library(monkeypatch)
     assert cpu.available()
+    assert capfd.readouterr().err == ""  # nothing on later loads
     assert cpu.build_info()["path"] == first["path"] and cpu.build_info()["build_seconds"] == 0
 
 

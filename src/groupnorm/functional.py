@@ -139,16 +139,19 @@ def _group_norm_composite(
     torch.nn.GroupNorm), inductor decomposes it with a two-pass variance, and torch.func has
     batching rules for it. Half-precision x is computed in float32.
     """
-    fmt = memory_format_of(x)
+    # torch.func cannot ask for memory formats (and torch.jit has none): the output is then contiguous.
+    layout = not (torch.jit.is_tracing() or torch._C._are_functorch_transforms_active())
+    fmt = memory_format_of(x) if layout else torch.contiguous_format
     acc = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     w = None if weight is None else weight.to(acc)
     b = None if bias is None else bias.to(acc)
     y = torch.nn.functional.group_norm(x.contiguous().to(acc), groups, w, b, eps)
     if act == "relu":
-        y = torch.relu(y)
+        y = y.clamp_min(0)  # its backward needs the input, not the output: callers may add into y in place
     elif act == "silu":
         y = torch.nn.functional.silu(y)
-    return y.to(x.dtype).contiguous(memory_format=fmt)
+    y = y.to(x.dtype)
+    return y.contiguous(memory_format=fmt) if layout else y
 
 
 def _empty_like_connected(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -208,11 +211,11 @@ def group_norm(
     weight = _check_param(fn, "weight", weight, c, x)
     bias = _check_param(fn, "bias", bias, c, x)
     eps = _check_eps(fn, eps)
-    fmt = memory_format_of(x)
     if x.numel() == 0:
         return _empty_like_connected(x, weight, bias)
     if _traced():  # shape-independent, branch-free: see _group_norm_composite
         return _group_norm_composite(x, groups, weight, bias, eps)
+    fmt = memory_format_of(x)
     if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
@@ -440,7 +443,9 @@ def _per_device_batch_norm_composite(
         y = y * weight.to(acc).view(1, 1, c, 1)
     if bias is not None:
         y = y + bias.to(acc).view(1, 1, c, 1)
-    y = y.reshape(x.shape).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    y = y.reshape(x.shape).to(x.dtype)
+    if not torch._C._are_functorch_transforms_active():  # torch.func cannot ask for memory formats
+        y = y.contiguous(memory_format=memory_format_of(x))
     return y, mean.detach().view(devices, c), var.detach().view(devices, c)
 
 
