@@ -81,7 +81,7 @@ def test_tracing_the_kernels_directly_raises():
     def raw(x):
         return kernels.group_norm_act(x, None, None, 2, 1e-5, "silu")[0]
 
-    with pytest.raises(RuntimeError, match="cannot be traced by torch.jit"):
+    with pytest.raises(RuntimeError, match=r"cannot be traced by torch\.jit"):
         torch.jit.trace(raw, (torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last),))
 
 
@@ -93,7 +93,8 @@ def test_converted_resnet50_exports_end_to_end():
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},), verbose=False)
+        batch = torch.export.Dim("batch", max=1024)
+        program = torch.onnx.export(model, (x,), dynamic_shapes=({0: batch},), verbose=False)
     x2 = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         want = model(x2).numpy()

@@ -17,6 +17,8 @@ CASES = [(s, torch.contiguous_format) for s in SPECS] + [
     (s, torch.channels_last) for s in ("bn", "gn:4", "ws+gn:4", "gn:4+silu")
 ]
 
+IDS = [f"{s}-{'nchw' if f is torch.contiguous_format else 'cl'}" for s, f in CASES]
+
 
 def _model(spec: str, fmt: torch.memory_format) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -26,7 +28,7 @@ def _model(spec: str, fmt: torch.memory_format) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("spec", "fmt"), CASES, ids=[f"{s}-{'cl' if f is torch.channels_last else 'nchw'}" for s, f in CASES])
+@pytest.mark.parametrize(("spec", "fmt"), CASES, ids=IDS)
 def test_compile_export_and_func_have_no_graph_break(spec, fmt):
     torch._dynamo.reset()
     model = _model(spec, fmt)
