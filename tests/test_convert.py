@@ -93,8 +93,10 @@ def test_timm_model_with_batchnorm_act_converts():
 
 def test_activation_specs_are_rejected():
     model = torchvision.models.resnet18(weights=None)
-    expected = r"convert_norms: spec must name a norm without an activation "
-    r"\(e\.g\. 'ws\+gn:32'\); got 'ws\+gn:32\+silu'"
+    expected = (
+        r"convert_norms: spec must name a norm without an activation "
+        r"\(e\.g\. 'ws\+gn:32'\); got 'ws\+gn:32\+silu'"
+    )
     with pytest.raises(ValueError, match=expected):
         groupnorm.convert_norms(model, "ws+gn:32+silu")
     assert not any(isinstance(m, gnn.GroupNormAct) for m in model.modules())  # nothing changed
