@@ -3,10 +3,10 @@
     PYTHONPATH=src .venv/bin/python examples/diffusers_unet.py [--batch 4] [--size 32] [--repeats 5]
 
 Builds a small UNet2DModel (channels 64, 128, 128; GroupNorm with 32 groups; channels-last, as the
-fused CPU kernels are fastest there), times ``loss.backward()`` of a forward (median of
-``--repeats``, after a warm-up, three rounds alternating the two models), fuses it with :func:`groupnorm.fuse_group_norm_act`, checks that
-the outputs agree within 1e-4 and prints both times and their ratio (after / before: below 1 is
-faster). Run it on a quiet machine: timings on a shared one vary by tens of percent.
+fused CPU kernels are fastest there), fuses a copy with :func:`groupnorm.fuse_group_norm_act`, checks
+that the outputs agree within 1e-4, and times ``loss.backward()`` of a forward for both (median of
+``--repeats`` after a warm-up, three rounds alternating the two models); prints both times and their
+ratio (after / before: below 1 is faster). Timings on a shared machine vary by tens of percent.
 """
 
 from __future__ import annotations

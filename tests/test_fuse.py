@@ -85,5 +85,5 @@ def test_a_norm_whose_output_is_used_twice_is_not_fused():
 
 
 def test_fuse_checks_its_model():
-    with pytest.raises(TypeError, match="fuse_group_norm_act: model must be an nn.Module; got int"):
+    with pytest.raises(TypeError, match=r"fuse_group_norm_act: model must be an nn\.Module; got int"):
         groupnorm.fuse_group_norm_act(3)
