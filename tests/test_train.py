@@ -231,3 +231,33 @@ def test_image_folder_runs_through_the_engine(tmp_path):
                images_per_device=2)  # fmt: skip
     result = train_run(cfg, tmp_path / "runs", log=lambda m: None)
     assert result["status"] == "finished" and result["epochs"] == 1
+
+
+@pytest.mark.parametrize("name", ["batch-sizes", "groups", "features"])
+def test_set_workers_reaches_the_imagefolder_loaders(name, tmp_path, monkeypatch):
+    from groupnorm.experiments import EXPERIMENTS
+    from groupnorm.experiments.overrides import apply_overrides
+    from groupnorm.train import loop
+
+    module = EXPERIMENTS[name]
+    key = "datasets" if name == "batch-sizes" else "dataset"
+    preset = apply_overrides(module.PRESETS["smoke"], ["workers=3", f"{key}=imagefolder", f"data_dir={tmp_path}"])
+    cfgs = module.configs(preset, log=lambda _: None)
+    assert cfgs and all(c.workers == 3 for c in cfgs)
+    seen = []
+    monkeypatch.setattr(loop, "FolderLoader", lambda root, batch, **kw: seen.append(kw["workers"]) or _Classes())
+    loop._loaders(cfgs[0], loop.distributed.Dist(0, 1, 0, torch.device("cpu")), 2)
+    assert seen == [3, 3]  # the train and the val loader
+
+
+def test_set_workers_reaches_detection_pretraining():
+    from groupnorm.experiments import EXPERIMENTS
+    from groupnorm.experiments.overrides import apply_overrides
+
+    module = EXPERIMENTS["detection"]
+    preset = apply_overrides(module.PRESETS["smoke"], ["workers=3"])
+    assert all(c.workers == 3 for c in module.pretrain_configs(preset))
+
+
+class _Classes:
+    classes = ("a", "b")
