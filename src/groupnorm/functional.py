@@ -199,9 +199,10 @@ def group_norm(
     where that kernel cannot be built, get torch's kernel with a check: the mean and std it
     returns flag ill-conditioned groups, and the input is shifted by its group means (GN is
     invariant to such shifts) before a second native pass. The same check guards torch's
-    contiguous CPU kernel, which cancels the same way on small groups. Traced code
-    (torch.compile, torch.export, the ONNX exporters, torch.func) runs
-    torch.nn.functional.group_norm instead: no data-dependent branch, standard ops only
+    contiguous CPU kernel, which cancels the same way on small groups. torch.export, the
+    ONNX exporters and torch.func see torch.nn.functional.group_norm instead (standard ops,
+    no data-dependent branch); torch.compile sees the op ``groupnorm::group_norm_act`` where
+    eager runs the kernel (chosen by layout and dtype alone) and torch's group_norm elsewhere
     (inductor's two-pass variance does not cancel).
     """
     fn = "group_norm"
@@ -213,9 +214,13 @@ def group_norm(
     eps = _check_eps(fn, eps)
     if x.numel() == 0:
         return _empty_like_connected(x, weight, bias)
-    if _traced():  # shape-independent, branch-free: see _group_norm_composite
+    if _exporting():  # standard ops, no data-dependent branch: see _group_norm_composite
         return _group_norm_composite(x, groups, weight, bias, eps)
     fmt = memory_format_of(x)
+    if _traced():  # torch.compile: the eager dispatch, decided by layout and dtype alone
+        if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels when it runs
+            return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
+        return _group_norm_composite(x, groups, weight, bias, eps)
     if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
