@@ -57,6 +57,15 @@ def test_unet_group_norm_silu_pairs_are_fused():
     assert len(fused) == 2 * blocks + 1  # norm1 and norm2 of every resnet block, and the output norm
 
 
+def test_a_fused_unet_compiles_without_graph_breaks():
+    unet = _unet()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    want = unet(x, t).sample
+    groupnorm.fuse_group_norm_act(unet, x, t)
+    got = torch.compile(unet, backend="aot_eager", fullgraph=True)(x, t).sample  # fullgraph: a break raises
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
 def test_vae_group_norm_silu_pairs_are_fused():
     fused = _check_fused(_vae(), torch.randn(2, 3, 16, 16))
     assert "encoder.conv_norm_out" in fused and "decoder.conv_norm_out" in fused

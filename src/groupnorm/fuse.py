@@ -8,7 +8,8 @@ module names: a ``nn.GroupNorm`` is fused when, in every call, its output goes s
 becomes a :class:`FusedGroupNormSiLU` (GroupNorm + SiLU in one kernel, the same Parameters, so
 the state_dict keys are unchanged) and that SiLU module a :class:`SiLUAfterFusedNorm`, which
 passes the fused norm's output through and applies SiLU to anything else (diffusers shares one
-SiLU module between the norms of a block and its time embedding).
+SiLU module between the norms of a block and its time embedding). Under torch.compile and
+torch.export the pair runs unfused (inductor fuses it), so fused models compile with fullgraph=True.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from groupnorm import functional as F
 from groupnorm.nn.act import GroupNormAct
 
 __all__ = ["FusedGroupNormSiLU", "SiLUAfterFusedNorm", "fuse_group_norm_act"]
@@ -29,9 +31,15 @@ _MARK = "_groupnorm_silu_applied"  # set on the output tensor of a FusedGroupNor
 
 
 class FusedGroupNormSiLU(GroupNormAct):
-    """GroupNormAct with SiLU that marks its output, so the model's next SiLU module passes it through."""
+    """GroupNormAct with SiLU that marks its output, so the model's next SiLU module passes it through.
+
+    Under torch.compile / torch.export (which cannot mark tensors) it is GroupNorm alone and the
+    SiLU module applies the activation: the graph of the unfused model, which inductor fuses itself.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         y = super().forward(x)
         setattr(y, _MARK, True)
         return y
@@ -41,7 +49,9 @@ class SiLUAfterFusedNorm(nn.SiLU):
     """nn.SiLU that leaves a FusedGroupNormSiLU's output as it is (SiLU is already applied)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x if getattr(x, _MARK, False) else super().forward(x)
+        if not torch.compiler.is_compiling() and getattr(x, _MARK, False):
+            return x
+        return super().forward(x)
 
 
 def _tensors(obj: Any) -> Iterator[Tensor]:
