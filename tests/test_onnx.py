@@ -64,15 +64,16 @@ def test_every_layer_exports_and_matches_onnxruntime(dims, channels_last):
     np.testing.assert_allclose(_run(program.model_proto.SerializeToString(), x5), want, rtol=0, atol=1e-4)
 
 
-def test_legacy_exporter_writes_a_real_graph_for_channels_last():
+@pytest.mark.parametrize("dims", [2, 3])
+def test_legacy_exporter_writes_a_real_graph_for_channels_last(dims):
     # It once wrote a single Constant (the ctypes kernel's output) for channels-last inputs.
-    model = _every_layer(2).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    model = _every_layer(dims).to(memory_format=FORMATS[dims])
+    x = torch.randn((2, 3) + (6,) * dims).contiguous(memory_format=FORMATS[dims])
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
-    x3 = torch.randn(3, 3, 6, 6)
+    x3 = torch.randn((3, 3) + (6,) * dims)
     with torch.no_grad():
         np.testing.assert_allclose(_run(f.getvalue(), x3), model(x3).numpy(), rtol=0, atol=1e-4)
 
