@@ -1,6 +1,6 @@
 """Time a small diffusers UNet2DModel's forward + backward on the CPU before and after fusing GN + SiLU.
 
-    PYTHONPATH=src .venv/bin/python examples/diffusers_unet.py [--batch 4] [--size 32] [--repeats 5]
+    PYTHONPATH=src .venv/bin/python examples/diffusers_unet.py [--batch 4] [--size 32] [--repeats 5] [--threads N]
 
 Builds a small UNet2DModel (channels 64, 128, 128; GroupNorm with 32 groups; channels-last, as the
 fused CPU kernels are fastest there), fuses a copy with :func:`groupnorm.fuse_group_norm_act`, checks
@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     unet = UNet2DModel(
