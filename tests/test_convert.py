@@ -66,13 +66,40 @@ def test_timm_resnet_converts():
     model(torch.randn(2, 3, 32, 32)).sum().backward()
 
 
-def test_timm_batchnorm_act_keeps_its_activation():
-    from timm.layers import BatchNormAct2d
+def test_timm_batchnorm_act_becomes_a_gn_norm_act_with_flat_keys():
+    from timm.layers import BatchNormAct2d, GroupNormAct
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.GELU), BatchNormAct2d(8))
+    with torch.no_grad():
+        model[1].weight.normal_()
+    old_keys = [k for k in model.state_dict() if "running" not in k and "num_batches" not in k]
     groupnorm.convert_norms(model, "gn:4")
-    assert isinstance(model[1], nn.Sequential) and isinstance(model[1][-1], nn.ReLU)
-    assert (model(torch.randn(2, 3, 8, 8)) >= 0).all()
+    assert type(model[1]) is gnn.GroupNormAct and isinstance(model[1].act, nn.GELU) and model[1].act_name is None
+    assert model[2].act_name == "relu"  # timm's default ReLU: fused
+    assert list(model.state_dict()) == old_keys  # checkpoints of the GN model load by the same names
+    timm_gn = nn.Sequential(nn.Conv2d(3, 8, 3), GroupNormAct(8, 4, act_layer=nn.GELU), GroupNormAct(8, 4))
+    timm_gn.load_state_dict(model.state_dict())  # timm's own GroupNormAct has the same keys
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), timm_gn(x), rtol=1e-5, atol=1e-5)
+
+
+def test_timm_model_with_batchnorm_act_converts():
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
+    keys = [k for k in model.state_dict() if "running" not in k and "num_batches" not in k]
+    groupnorm.convert_norms(model, "gn/8", on_indivisible="nearest")
+    assert no_bn_left(model) and list(model.state_dict()) == keys
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
+def test_activation_specs_are_rejected():
+    model = torchvision.models.resnet18(weights=None)
+    expected = (
+        r"convert_norms: spec must name a norm without an activation "
+        r"\(e\.g\. 'ws\+gn:32'\); got 'ws\+gn:32\+silu'"
+    )
+    with pytest.raises(ValueError, match=expected):
+        groupnorm.convert_norms(model, "ws+gn:32+silu")
+    assert not any(isinstance(m, gnn.GroupNormAct) for m in model.modules())  # nothing changed
 
 
 def test_gamma_beta_and_stats_carry_over():

@@ -18,6 +18,7 @@ from groupnorm.data import (
     MemoryLoader,
     augment_batch,
     download_fashion_mnist,
+    find_cifar10,
     find_fashion_mnist,
     load_cifar10,
     load_fashion_mnist,
@@ -25,6 +26,7 @@ from groupnorm.data import (
     read_idx,
 )
 from groupnorm.data import fashion_mnist as fm
+from groupnorm.data.cifar10 import CLASSES as CIFAR10_CLASSES
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -274,3 +276,39 @@ def test_augment_crops_and_flips_each_image_on_its_own():
     flipped = [torch.equal(f, images[i % 2].flip(-1)) for i, f in enumerate(flips)]
     same = [torch.equal(f, images[i % 2]) for i, f in enumerate(flips)]
     assert all(a or b for a, b in zip(flipped, same, strict=True)) and any(flipped) and any(same)
+
+
+def test_cifar10_torchvision_python_layout(tmp_path, monkeypatch):
+    import pickle
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    # torchvision checks each file's MD5 against the real release; these are made-up files
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    directory = tmp_path / "cifar-10-batches-py"
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = {"data": rng.integers(0, 256, (2, 3072)).astype(np.uint8), "labels": [1, 7]}
+        (directory / name).write_bytes(pickle.dumps(batches[name]))
+    (directory / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    monkeypatch.setenv("GROUPNORM_DATA", str(tmp_path))
+    assert find_cifar10() == directory
+    images, labels = load_cifar10(tmp_path, "test")
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8 and labels.tolist() == [1, 7]
+    np.testing.assert_array_equal(images.reshape(2, -1).numpy(), batches["test_batch"]["data"])
+    assert load_cifar10(directory, "train")[0].shape == (10, 3, 32, 32)
+
+
+def test_groupnorm_data_without_the_files_says_so(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("GROUPNORM_DATA", str(empty))
+    with pytest.warns(UserWarning, match=r"GROUPNORM_DATA=.*empty has no CIFAR-10"):
+        assert find_cifar10() is None
+    write_fashion(tmp_path / "cache" / "data" / "fashion-mnist")
+    monkeypatch.setenv("GROUPNORM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
+    with pytest.warns(UserWarning, match=r"GROUPNORM_DATA=.*empty has no Fashion-MNIST \(missing train-images"):
+        assert find_fashion_mnist() == tmp_path / "cache" / "data" / "fashion-mnist"

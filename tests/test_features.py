@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from groupnorm import nn as gnn
 from groupnorm.cli import main
 from groupnorm.experiments import features
 from groupnorm.models import VGG, build_model
@@ -46,7 +47,9 @@ def test_vgg_layers_and_the_probed_conv(depth):
     model(torch.randn(1, 1, 28, 28))
     assert shapes == [3]
     fused = build_model("vgg", norm="gn:4+relu", depth=11, width=8, num_classes=10)  # the norm applies the ReLU
-    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.modules()) and fused.probe_module == "features.conv5_2"
+    norm_acts = {id(m.act) for m in fused.modules() if isinstance(m, gnn.GroupNormAct)}
+    assert all(id(m) in norm_acts for m in fused.modules() if isinstance(m, torch.nn.ReLU))  # only the norms' own
+    assert fused.probe_module == "features.conv5_2"
     with pytest.raises(ValueError, match="depth must be one of 11, 13, 16, 19"):
         VGG(12, 8, 10, 1, torch.nn.BatchNorm2d)
 

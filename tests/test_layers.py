@@ -249,3 +249,31 @@ def test_register_norm_extends_the_spec():
     assert isinstance(gnn.make_norm("rms_test", 4), nn.Identity)
     with pytest.raises(ValueError, match="takes no arguments"):
         gnn.make_norm("rms_test:3", 4)
+
+
+def test_positional_arguments_follow_torch():
+    bn = gnn.BatchNorm(64, 1e-3, 0.01, False, False)
+    ref = nn.BatchNorm2d(64, 1e-3, 0.01, False, False)
+    assert (bn.eps, bn.momentum, bn.affine, bn.track_running_stats, bn.devices) == (1e-3, 0.01, False, False, 1)
+    assert (ref.eps, ref.momentum, ref.affine, ref.track_running_stats) == (1e-3, 0.01, False, False)
+    with pytest.raises(TypeError):
+        gnn.BatchNorm(64, 1e-5, 0.1, True, True, None, None, 8)  # devices is keyword only
+    gna = gnn.GroupNormAct(8, 64, 1e-3, False)
+    assert (gna.num_groups, gna.num_channels, gna.eps, gna.affine, gna.act_name) == (8, 64, 1e-3, False, "silu")
+    with pytest.raises(TypeError):
+        gnn.GroupNormAct(8, 64, 1e-5, True, None, None, "relu")  # act is keyword only
+
+
+@pytest.mark.parametrize("act", ["gelu", nn.GELU, nn.GELU(approximate="tanh"), "leaky_relu", "hard_swish", "mish"])
+def test_group_norm_act_takes_any_activation(act):
+    m = gnn.GroupNormAct(4, 16, act=act)
+    x = torch.randn(2, 16, 5, 5)
+    want = m.act(torch.nn.functional.group_norm(x, 4, m.weight, m.bias))
+    assert m.act_name is None and not isinstance(m.act, (nn.ReLU, nn.SiLU, nn.Identity))
+    torch.testing.assert_close(m(x), want)
+    assert list(m.state_dict()) == ["weight", "bias"]
+
+
+def test_group_norm_act_takes_timm_activation_names():
+    m = gnn.GroupNormAct(4, 16, act="gelu_tanh")  # not a torch.nn class name: found through timm
+    assert m.act_name is None and m(torch.randn(2, 16, 3, 3)).shape == (2, 16, 3, 3)

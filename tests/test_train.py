@@ -190,3 +190,37 @@ def test_image_folder_runs_through_the_engine(tmp_path):
                images_per_device=2)  # fmt: skip
     result = train_run(cfg, tmp_path / "runs", log=lambda m: None)
     assert result["status"] == "finished" and result["epochs"] == 1
+
+
+@pytest.mark.parametrize("name", ["batch-sizes", "groups", "features"])
+def test_set_workers_reaches_the_imagefolder_loaders(name, tmp_path, monkeypatch):
+    from groupnorm.experiments import EXPERIMENTS
+    from groupnorm.train import classification
+    from groupnorm.train.distributed import Dist
+    from groupnorm.train.overrides import apply_overrides
+
+    module = EXPERIMENTS[name]
+    key = "datasets" if name == "batch-sizes" else "dataset"
+    preset = apply_overrides(module.PRESETS["smoke"], ["workers=3", f"{key}=imagefolder", f"data_dir={tmp_path}"])
+    cfgs = module.configs(preset, log=lambda _: None)
+    assert cfgs and all(c.workers == 3 for c in cfgs)
+    seen = []
+    monkeypatch.setattr(
+        classification, "FolderLoader", lambda root, batch, **kw: seen.append(kw["workers"]) or _Classes()
+    )
+    task = classification.ClassificationTask(cfgs[0], Dist(0, 1, 0, torch.device("cpu")), 1, tmp_path)
+    task.loaders(2)
+    assert seen == [3, 3]  # the train and the val loader
+
+
+def test_set_workers_reaches_detection_pretraining():
+    from groupnorm.experiments import EXPERIMENTS
+    from groupnorm.train.overrides import apply_overrides
+
+    module = EXPERIMENTS["detection"]
+    preset = apply_overrides(module.PRESETS["smoke"], ["workers=3"])
+    assert all(c.workers == 3 for c in module.pretrain_configs(preset))
+
+
+class _Classes:
+    classes = ("a", "b")

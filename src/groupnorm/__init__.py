@@ -5,6 +5,7 @@
     groupnorm.convert_norms(model, "gn:32")          # every BN in a model becomes GN
     groupnorm.functional.group_norm(x, 32)           # the function behind it
     groupnorm.check_batch_independence(model, x)     # does a sample's output depend on the batch?
+    groupnorm.fuse_group_norm_act(unet, *example)     # a UNet's GroupNorm + SiLU -> one fused layer
 
 See README.md for the reproduction of the paper's experiments (``groupnorm reproduce``).
 """
@@ -12,6 +13,7 @@ See README.md for the reproduction of the paper's experiments (``groupnorm repro
 from groupnorm import functional, nn
 from groupnorm.check import BatchIndependenceReport, check_batch_independence
 from groupnorm.convert import Replacement, convert_norms, set_devices, set_renorm_limits, zero_init_last_gamma
+from groupnorm.fuse import fuse_group_norm_act
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,7 @@ __all__ = [
     "check_batch_independence",
     "convert_norms",
     "functional",
+    "fuse_group_norm_act",
     "nn",
     "set_devices",
     "set_renorm_limits",

@@ -9,14 +9,15 @@ set_renorm_limits(model, step, total_steps)        # Batch Renorm's r_max / d_ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from groupnorm.nn.act import GroupNormAct
 from groupnorm.nn.conv import WSConv2d, WSConv3d
-from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm
+from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm
 from groupnorm.nn.renorm import BatchRenorm, renorm_limits
 from groupnorm.nn.spec import NormSpec, OnIndivisible, make_norm, parse_norm_spec
 
@@ -82,12 +83,16 @@ def _norm_for(old: nn.Module, spec: NormSpec, name: str, **options) -> nn.Module
         new = make_norm(spec, channels, eps=old.eps, **options)
     except ValueError as e:
         raise ValueError(f"convert_norms: layer {name!r} ({old}): {e}") from None
+    act = getattr(old, "act", None)  # timm's BatchNormAct2d carries its activation (and drop) inside
+    if isinstance(act, nn.Module):
+        drop = getattr(old, "drop", None)
+        if isinstance(new, GroupNorm):  # a GN norm-act layer: act and drop keep their names, keys stay flat
+            new = GroupNormAct(new.num_groups, channels, new.eps, new.affine, act=act, drop=drop)
+        elif not isinstance(act, nn.Identity):
+            new = nn.Sequential(new, drop or nn.Identity(), act)
     device, dtype = _device_dtype(old, new)
     new = new.to(device=device, dtype=dtype)
     _carry_state(old, new)
-    act = getattr(old, "act", None)  # timm's BatchNormAct2d carries its activation inside
-    if isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
-        new = nn.Sequential(new, getattr(old, "drop", nn.Identity()), act)
     return new
 
 
@@ -115,14 +120,18 @@ def convert_norms(
     """Replace every BN of ``model`` in place by the norm ``spec`` names; return what changed.
 
     Replaced: BatchNorm1d/2d/3d, SyncBatchNorm, groupnorm's BatchNorm and FrozenBatchNorm,
-    torchvision's FrozenBatchNorm2d (subclasses too, e.g. timm's BatchNormAct2d, whose
-    activation is kept after the new norm). Each new layer gets the old one's device, dtype
-    and eps, and its gamma and beta (and running statistics, between BN kinds).
+    torchvision's FrozenBatchNorm2d (subclasses too). timm's BatchNormAct2d (a BN holding its
+    ``drop`` and ``act``) becomes a :class:`groupnorm.nn.GroupNormAct` with the same ``act`` and
+    ``drop`` for gn, ln and in specs, so its state_dict keys stay flat (``weight``, ``bias``);
+    for other specs, ``Sequential(norm, drop, act)``. Each new layer gets the old one's device,
+    dtype and eps, and its gamma and beta (and running statistics, between BN kinds).
 
     Args:
         model: any nn.Module containing BNs (not itself a BN: wrap it first).
         spec: a norm spec (``"gn:32"``, ``"gn/16"``, ``"ln"``, ``"bn:frozen"``, ...); a ``ws+``
-            prefix implies ``ws=True``.
+            prefix implies ``ws=True``. Specs with an activation (``gn:32+silu``) are rejected
+            (ValueError): a model's norms are not all followed by that activation, and its own
+            activations stay in place.
         ws: also swap every nn.Conv2d / nn.Conv3d for a weight-standardized one (same
             Parameters).
         devices: virtual devices for a ``bn`` spec.
@@ -133,6 +142,13 @@ def convert_norms(
         One :class:`Replacement` per replaced module, in module order.
     """
     parsed = parse_norm_spec(spec)
+    if parsed.act:
+        raise ValueError(
+            f"convert_norms: spec must name a norm without an activation (e.g. {str(replace(parsed, act=''))!r}); "
+            f"got {str(parsed)!r}. convert_norms swaps norms only: a fused '+{parsed.act}' would apply the "
+            f"activation in every norm slot (also before residual adds) while the model's own activations "
+            f"still follow. To fuse GN with the SiLU that follows it, use groupnorm.fuse_group_norm_act"
+        )
     ws = ws or parsed.ws
     if is_batch_norm(model):
         raise TypeError(

@@ -112,6 +112,59 @@ def _channel_shape(x: Tensor) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------
+# traced code: torch.compile, torch.export, the ONNX exporters, torch.func
+
+
+def _traced() -> bool:
+    """True while torch.compile / torch.export (and the ONNX exporters), torch.jit or torch.func trace us.
+
+    Traced code takes no data-dependent branch and calls no ctypes kernel (a tracer cannot see
+    into one: torch.jit would record its output as a constant); it runs torch's composite ops.
+    """
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()  # vmap, grad, jacrev, ...
+    )
+
+
+def _exporting() -> bool:
+    """True where the graph must be portable aten ops (torch.export, ONNX, torch.jit, torch.func)."""
+    return _traced() and not (torch.compiler.is_compiling() and not torch.compiler.is_exporting())
+
+
+def _group_norm_composite(
+    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, act: str = "identity"
+) -> Tensor:
+    """act(GN(x)) by torch.nn.functional.group_norm: what traced code runs.
+
+    Exporters translate it (ONNX: Reshape, InstanceNormalization, Reshape, Mul, Add, as for
+    torch.nn.GroupNorm), inductor decomposes it with a two-pass variance, and torch.func has
+    batching rules for it. Half-precision x is computed in float32.
+    """
+    # torch.func cannot ask for memory formats (and torch.jit has none): the output is then contiguous.
+    layout = not (torch.jit.is_tracing() or torch._C._are_functorch_transforms_active())
+    fmt = memory_format_of(x) if layout else torch.contiguous_format
+    acc = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    y = torch.nn.functional.group_norm(x.contiguous().to(acc), groups, w, b, eps)
+    if act == "relu":
+        y = y.clamp_min(0)  # its backward needs the input, not the output: callers may add into y in place
+    elif act == "silu":
+        y = torch.nn.functional.silu(y)
+    y = y.to(x.dtype)
+    return y.contiguous(memory_format=fmt) if layout else y
+
+
+def _empty_like_connected(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An empty output that keeps autograd: x * weight + bias over no values (zero gradients, as torch)."""
+    shape = _channel_shape(x)
+    y = x.clone() if weight is None else x * weight.view(shape).to(x.dtype)
+    return y if bias is None else y + bias.view(shape).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
 # group norm and its two ends
 
 
@@ -149,7 +202,11 @@ def group_norm(
     where that kernel cannot be built, get torch's kernel with a check: the mean and std it
     returns flag ill-conditioned groups, and the input is shifted by its group means (GN is
     invariant to such shifts) before a second native pass. The same check guards torch's
-    contiguous CPU kernel, which cancels the same way on small groups.
+    contiguous CPU kernel, which cancels the same way on small groups. torch.export, the
+    ONNX exporters and torch.func see torch.nn.functional.group_norm instead (standard ops,
+    no data-dependent branch); torch.compile sees the op ``groupnorm::group_norm_act`` where
+    eager runs the kernel (chosen by layout and dtype alone) and torch's group_norm elsewhere
+    (inductor's two-pass variance does not cancel).
     """
     fn = "group_norm"
     _check_input(fn, x)
@@ -158,9 +215,15 @@ def group_norm(
     weight = _check_param(fn, "weight", weight, c, x)
     bias = _check_param(fn, "bias", bias, c, x)
     eps = _check_eps(fn, eps)
-    fmt = memory_format_of(x)
     if x.numel() == 0:
-        return torch.empty_like(x)  # preserve_format keeps the strides
+        return _empty_like_connected(x, weight, bias)
+    if _exporting():  # standard ops, no data-dependent branch: see _group_norm_composite
+        return _group_norm_composite(x, groups, weight, bias, eps)
+    fmt = memory_format_of(x)
+    if _traced():  # torch.compile: the eager dispatch, decided by layout and dtype alone
+        if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels when it runs
+            return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
+        return _group_norm_composite(x, groups, weight, bias, eps)
     if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
@@ -201,7 +264,9 @@ def group_norm_act(
 
     Runs groupnorm.kernels: C++ on the CPU (float32, bfloat16), Triton on CUDA (float32,
     bfloat16, float16), torch's operators elsewhere (with one warning). A registered
-    torch.library op, so torch.compile and torch.export trace it. Higher derivatives
+    torch.library op under torch.compile (which keeps the fused kernels and the lean backward);
+    torch.export, the ONNX exporters and torch.func see torch's group_norm and the
+    activation instead, so exported graphs hold standard ops only. Higher derivatives
     (``create_graph=True``) are supported through a recomputation with torch's operators.
 
     Args:
@@ -230,6 +295,8 @@ def group_norm_act(
     bias = _check_param(fn, "bias", bias, c, x)
     eps = _check_eps(fn, eps)
     act = _check_act(fn, act)
+    if _exporting():  # portable aten ops; torch.compile alone keeps the fused op
+        return _group_norm_composite(x, groups, weight, bias, eps, act)
     return kernels.group_norm_act(x, weight, bias, groups, eps, act)[0]
 
 
@@ -367,6 +434,29 @@ class _SyncBatchNorm(torch.autograd.Function):
         )
 
 
+def _per_device_batch_norm_composite(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, devices: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-device BN from reductions, for traced code: (y, mean, var) with (devices, C) statistics.
+
+    x viewed as (D, N/D, C, S); mean and biased variance over dims (1, 3);
+    :math:`y = (x - \mu_{d,c}) / \sqrt{\sigma^2_{d,c} + \epsilon} \cdot \gamma_c + \beta_c`.
+    """
+    n, c = x.shape[:2]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xb = x.to(acc).reshape(devices, n // devices, c, -1)
+    var, mean = torch.var_mean(xb, dim=(1, 3), correction=0, keepdim=True)
+    y = (xb - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(acc).view(1, 1, c, 1)
+    if bias is not None:
+        y = y + bias.to(acc).view(1, 1, c, 1)
+    y = y.reshape(x.shape).to(x.dtype)
+    if not torch._C._are_functorch_transforms_active():  # torch.func cannot ask for memory formats
+        y = y.contiguous(memory_format=memory_format_of(x))
+    return y, mean.detach().view(devices, c), var.detach().view(devices, c)
+
+
 def _update_running(running: Tensor | None, batch_stat: Tensor, momentum: float) -> None:
     if running is not None:
         running.mul_(1 - momentum).add_(batch_stat.to(running.dtype), alpha=momentum)
@@ -423,7 +513,7 @@ def batch_norm(
             f"(one equal block of the batch per device)"
         )
     if x.numel() == 0:
-        return torch.empty_like(x)
+        return _empty_like_connected(x, weight, bias)
     values_per_block = (n // devices) * math.prod(x.shape[2:])
     if values_per_block < 2:
         raise ValueError(
@@ -443,11 +533,14 @@ def batch_norm(
         return y
     if devices == 1:
         return torch.batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps, False)
-    y, mean, invstd = _PerDeviceBatchNorm.apply(x, weight, bias, devices, eps)
+    if _traced():
+        y, mean, var = _per_device_batch_norm_composite(x, weight, bias, devices, eps)
+    else:
+        y, mean, invstd = _PerDeviceBatchNorm.apply(x, weight, bias, devices, eps)
+        var = invstd.double().pow(-2) - eps  # native kernels hand back 1/sqrt(var + eps)
     if running_mean is not None:
         with torch.no_grad():
-            # Native kernels hand back 1/sqrt(var + eps); undo that, then Bessel's correction.
-            var = (invstd.double().pow(-2) - eps).clamp_min(0) * (values_per_block / (values_per_block - 1))
+            var = var.clamp_min(0) * (values_per_block / (values_per_block - 1))  # Bessel's correction
             _update_running(running_mean, mean.mean(0), momentum)
             _update_running(running_var, var.mean(0), momentum)
     return y

@@ -1,12 +1,16 @@
-"""CIFAR-10 from its binary distribution (cifar-10-binary.tar.gz, unpacked) in a local directory.
+"""CIFAR-10 in a local directory: the binary distribution or torchvision's python one.
 
-Each of data_batch_1..5.bin (train) and test_batch.bin (test) holds 10,000 records of one
-label byte and 3072 pixel bytes (1024 red, 1024 green, 1024 blue, row-major 32x32).
+Binary (cifar-10-binary.tar.gz, unpacked to ``cifar-10-batches-bin``): each of data_batch_1..5.bin
+(train) and test_batch.bin (test) holds 10,000 records of one label byte and 3072 pixel bytes
+(1024 red, 1024 green, 1024 blue, row-major 32x32). Python (cifar-10-python.tar.gz, unpacked to
+``cifar-10-batches-py``, what ``torchvision.datasets.CIFAR10(download=True)`` writes): read by
+torchvision, which checks each file's MD5.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +23,54 @@ __all__ = ["CLASSES", "find_cifar10", "load_cifar10"]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 RECORD = 1 + 3 * 32 * 32
 SPLITS = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+PY_DIR = "cifar-10-batches-py"
+PY_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+
+
+def _is_binary(d: Path) -> bool:
+    return all((d / f).is_file() for files in SPLITS.values() for f in files)
+
+
+def _is_python(d: Path) -> bool:
+    return d.name == PY_DIR and all((d / f).is_file() for f in PY_FILES)
 
 
 def find_cifar10(directory: Path | str | None = None) -> Path | None:
-    """The directory holding the .bin files: ``directory``, $GROUPNORM_DATA/cifar10, or None."""
+    """The directory holding CIFAR-10 (``cifar-10-batches-bin`` or ``-py`` files) or None.
+
+    Looked up in ``directory``, then $GROUPNORM_DATA/cifar10 and $GROUPNORM_DATA, each itself or
+    with a cifar-10-batches-bin or cifar-10-batches-py subdirectory. A $GROUPNORM_DATA without
+    them is said (one warning) before None is returned.
+    """
     candidates = []
     if directory is not None:
         candidates.append(Path(directory))
-    if os.environ.get("GROUPNORM_DATA"):
-        root = Path(os.environ["GROUPNORM_DATA"])
-        candidates += [root / "cifar10", root / "cifar-10-batches-bin", root]
+    env = os.environ.get("GROUPNORM_DATA")
+    if env:
+        candidates += [Path(env) / "cifar10", Path(env)]
     for c in candidates:
-        for d in (c, c / "cifar-10-batches-bin"):
-            if all((d / f).is_file() for files in SPLITS.values() for f in files):
+        for d in (c, c / "cifar-10-batches-bin", c / PY_DIR):
+            if _is_binary(d) or _is_python(d):
                 return d
+    if env:
+        warnings.warn(
+            f"groupnorm: GROUPNORM_DATA={env} has no CIFAR-10 (looked for cifar-10-batches-bin/*.bin or "
+            f"{PY_DIR}/ in {Path(env) / 'cifar10'} and {env})",
+            UserWarning,
+            stacklevel=2,
+        )
     return None
+
+
+def _load_python(directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(directory.parent), train=split == "train", download=False)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise DataFileError(f"CIFAR-10 python files in {directory}: {e} (MD5 checked by torchvision)") from None
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+    return images, torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
 def load_cifar10(directory: Path | str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +80,11 @@ def load_cifar10(directory: Path | str, split: str) -> tuple[torch.Tensor, torch
     found = find_cifar10(directory)
     if found is None:
         raise FileNotFoundError(
-            f"CIFAR-10 binary files ({', '.join(SPLITS['train'] + SPLITS['test'])}) not in {directory}"
+            f"CIFAR-10 binary files ({', '.join(SPLITS['train'] + SPLITS['test'])}) or torchvision's "
+            f"{PY_DIR}/ not in {directory}"
         )
+    if _is_python(found):
+        return _load_python(found, split)
     images, labels = [], []
     for name in SPLITS[split]:
         path = found / name

@@ -61,8 +61,8 @@ def _cifar10(data_dir: str | None):
     directory = find_cifar10(data_dir)
     if directory is None:
         raise FileNotFoundError(
-            "CIFAR-10 binary files not found: pass data_dir=... (the unpacked cifar-10-batches-bin) "
-            "or set GROUPNORM_DATA to a directory holding cifar10/"
+            "CIFAR-10 not found: pass data_dir=... (the unpacked cifar-10-batches-bin, or torchvision's "
+            "cifar-10-batches-py) or set GROUPNORM_DATA to a directory holding cifar10/"
         )
     tr, trl = load_cifar10(directory, "train")
     va, val = load_cifar10(directory, "test")

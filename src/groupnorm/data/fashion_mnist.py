@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,21 @@ def _candidates() -> list[Path]:
 
 
 def find_fashion_mnist() -> Path:
-    """The first directory holding all four files; FileNotFoundError lists where it looked."""
+    """The first directory holding all four files; FileNotFoundError lists where it looked.
+
+    A $GROUPNORM_DATA without the files is said (one warning) before the next place is used.
+    """
+    env = os.environ.get("GROUPNORM_DATA")
     for d in _candidates():
         if _complete(d):
+            if env and Path(env) not in (d, d.parent):
+                missing = [stem for stem, _ in FILES.values() if _file_in(Path(env) / "fashion-mnist", stem) is None]
+                warnings.warn(
+                    f"groupnorm: GROUPNORM_DATA={env} has no Fashion-MNIST (missing {', '.join(missing)} in "
+                    f"{env} and {Path(env) / 'fashion-mnist'}); using {d}",
+                    UserWarning,
+                    stacklevel=2,
+                )
             return d
     looked = ", ".join(str(d) for d in _candidates())
     raise FileNotFoundError(

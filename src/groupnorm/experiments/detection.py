@@ -99,6 +99,7 @@ class Preset:
     # data: generated scenes, or a COCO-format folder (dataset=coco, data_dir=...)
     dataset: str = "scenes"
     data_dir: str = ""
+    workers: int = 8  # ImageFolder loader processes (--set workers=N); results do not depend on it
     train_split: str = "train2017"
     val_split: str = "val2017"
     scene_seed: int = 0
@@ -281,6 +282,7 @@ def _pretrain_config(preset: Preset, norm: str) -> TrainConfig:
         schedule="step" if folder else "cosine",
         warmup_epochs=0.0 if folder else 1.0,
         data_dir=preset.pretrain_data_dir,
+        workers=preset.workers,
     )
 
 

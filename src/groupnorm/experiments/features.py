@@ -47,6 +47,7 @@ class Preset:
     channels_last: bool = True
     image_size: int = 224
     data_dir: str = ""
+    workers: int = 8  # ImageFolder loader processes (--set workers=N); results do not depend on it
 
 
 PRESETS: dict[str, Preset] = {

@@ -45,6 +45,7 @@ class Preset:
     median_last: int = 1
     channels_last: bool = True
     data_dir: str = ""
+    workers: int = 8  # ImageFolder loader processes (--set workers=N); results do not depend on it
 
 
 PRESETS: dict[str, Preset] = {

@@ -1,7 +1,8 @@
 """The CPU kernels: cpu.cpp, built at first use with the system C++ compiler, called through ctypes.
 
 The library is compiled once per machine (``-O3 -march=native -fopenmp``, about 5 s) into
-``groupnorm.io.cache_dir() / "kernels"`` and loaded from there afterwards. It includes no
+``groupnorm.io.cache_dir() / "kernels"`` and loaded from there afterwards; the build prints one
+line to stderr. It includes no
 torch header, so the build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``), and
 it links libgomp by soname, so its OpenMP threads are the ones torch already runs.
 
@@ -18,6 +19,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -140,6 +142,7 @@ def _load() -> ctypes.CDLL:
     path = _library_path(compiler)
     built = 0.0
     if not path.exists():
+        print(f"groupnorm: building the CPU GroupNorm kernels (first use, about 5 s) into {path}", file=sys.stderr)
         built = _build(compiler, path)
     lib = ctypes.CDLL(str(path))
     _bind(lib)

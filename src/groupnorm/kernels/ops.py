@@ -13,7 +13,8 @@ GN + activation block keeps one activation-sized tensor (x) instead of two (x an
 
 Each op picks its kernel by device and dtype: the CPU kernels (float32, bfloat16), the Triton
 kernels on CUDA (float32, bfloat16, float16), and torch's native operators everywhere else
-(with a warning, once per reason, where a fast kernel was expected but cannot run).
+(silently for dtypes without a fast kernel; with a warning, once per reason, where a fast kernel
+was expected but cannot run, e.g. a failed build).
 """
 
 from __future__ import annotations
@@ -56,9 +57,7 @@ def backend_for(x: Tensor) -> str:
     if x.device.type == "cpu":
         if cpu.supports(x) and cpu.available():
             return "cpu"
-        if x.dtype not in cpu.DTYPES:
-            _warn_once(f"cpu-{x.dtype}", f"no fast CPU kernel for {x.dtype}; using torch's native GroupNorm")
-        return "native"
+        return "native"  # float16 / float64 (no fast CPU kernel): torch's kernels, silently and correctly
     if x.device.type == "cuda":
         tr = _triton_module()
         if tr is not None and tr.supports(x):
@@ -77,6 +76,11 @@ def _empty_like_fmt(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 def _forward_impl(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, num_groups: int, eps: float, act: str
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if torch.jit.is_tracing():  # the tracer would record the kernel's output as a constant
+        raise RuntimeError(
+            "groupnorm: the fused GroupNorm kernels cannot be traced by torch.jit (e.g. torch.onnx.export "
+            "with dynamo=False); call groupnorm.functional.group_norm_act, which traces torch's ops instead"
+        )
     if x.numel() == 0:
         sd = stat_dtype(x)
         n = x.shape[0]

@@ -1,6 +1,6 @@
 """nn.Modules of the GN family and the norm factory ``make_norm``."""
 
-from groupnorm.nn.act import GroupNormAct
+from groupnorm.nn.act import GroupNormAct, fused_act_name, resolve_act
 from groupnorm.nn.conv import WSConv2d, WSConv3d
 from groupnorm.nn.evonorm import EvoNormS0
 from groupnorm.nn.frn import FilterResponseNorm
@@ -29,10 +29,12 @@ __all__ = [
     "WSConv2d",
     "WSConv3d",
     "conv_layer",
+    "fused_act_name",
     "make_norm",
     "nearest_divisor",
     "parse_norm_spec",
     "register_norm",
     "renorm_limits",
+    "resolve_act",
     "resolve_groups",
 ]

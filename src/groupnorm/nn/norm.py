@@ -182,11 +182,12 @@ class BatchNorm(_BatchNorm):
     ``state_dict`` keys are torch's (weight, bias, running_mean, running_var,
     num_batches_tracked) and it is an instance of torch's ``_BatchNorm``.
 
-    Args:
+    Args (positional as torch.nn.BatchNorm2d; ``devices``, ``sync``, ``bias`` and
+    ``process_group`` keyword only):
         num_features: C.
+        eps, momentum, affine, track_running_stats: as in torch.nn.BatchNorm2d.
         devices: virtual devices D; the batch size must be divisible by it in training.
         sync: statistics over all processes (``process_group``, default the world).
-        eps, momentum, affine, track_running_stats: as in torch.nn.BatchNorm2d.
 
     Shape:
         - Input: (N, C) or (N, C, *) with up to 3 trailing dims.
@@ -201,8 +202,6 @@ class BatchNorm(_BatchNorm):
     def __init__(
         self,
         num_features: int,
-        devices: int = 1,
-        sync: bool = False,
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
@@ -210,6 +209,8 @@ class BatchNorm(_BatchNorm):
         device=None,
         dtype=None,
         *,
+        devices: int = 1,
+        sync: bool = False,
         bias: bool = True,
         process_group=None,
     ) -> None:
