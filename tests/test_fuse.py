@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 from torch import nn
 
 import groupnorm
-from groupnorm.fuse import FusedGroupNormSiLU, SiLUAfterFusedNorm
+from groupnorm.convert.fuse import FusedGroupNormSiLU, SiLUAfterFusedNorm
 
 
 def _unet() -> UNet2DModel:

@@ -11,9 +11,9 @@ See README.md for the reproduction of the paper's experiments (``groupnorm repro
 """
 
 from groupnorm import functional, nn
-from groupnorm.check import BatchIndependenceReport, check_batch_independence
 from groupnorm.convert import Replacement, convert_norms, set_devices, set_renorm_limits, zero_init_last_gamma
-from groupnorm.fuse import fuse_group_norm_act
+from groupnorm.convert.check import BatchIndependenceReport, check_batch_independence
+from groupnorm.convert.fuse import fuse_group_norm_act
 
 __version__ = "0.1.0"
 

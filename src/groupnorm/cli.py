@@ -243,8 +243,8 @@ def _report(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import torch
 
-    from groupnorm.check import check_batch_independence, load_model
     from groupnorm.convert import convert_norms
+    from groupnorm.convert.check import check_batch_independence, load_model
 
     try:
         shape = tuple(int(v) for v in args.input.split(","))

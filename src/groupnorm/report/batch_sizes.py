@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from groupnorm.report import common, paper
+from groupnorm.report.batch_sizes_figures import KIND_ORDER, fig1, fig4, fig5, fig_runs
 from groupnorm.report.common import (
     convergence,
     convergence_text,
@@ -24,7 +25,6 @@ from groupnorm.report.common import (
     near_chance,
     norm_kind,
     norm_label,
-    pyplot,
     recipe,
     save_figure,
     seed_noise_note,
@@ -36,7 +36,6 @@ from groupnorm.train.records import Record
 __all__ = ["Cell", "build_report", "verdict"]
 
 SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", "devices")
-KIND_ORDER = {"bn": 0, "brn": 1, "ln": 2, "in": 3, "gn": 4, "frn": 5, "evonorm-s0": 6}
 BN_DIAGNOSIS = ("val_error_precise_bn", "val_error_batch_stats")  # groupnorm.train.bn_eval, in BN runs' results
 
 
@@ -284,21 +283,21 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
     # Figures.
     out.append("\n### Figures\n")
     for name, title, draw in (
-        (f"fig1_{slug}.png", "Figure 1 — error against images per device", lambda: _fig1(cells, bn, gn)),
+        (f"fig1_{slug}.png", "Figure 1 — error against images per device", lambda: fig1(cells, bn, gn)),
         (
             f"fig4_{slug}.png",
             f"Figure 4 — train and val error per epoch at {largest} images per device",
-            lambda: _fig4(at_largest),
+            lambda: fig4(at_largest),
         ),
         (
             f"fig5_{slug}.png",
             "Figure 5 — val error per epoch of BN and GN at each batch size",
-            lambda: _fig5(cells, bn, gn),
+            lambda: fig5(cells, bn, gn),
         ),
         (
             f"curves_{slug}.png",
             "Every setting: train (dashed) and val (solid) error per epoch",
-            lambda: _fig_runs(cells),
+            lambda: fig_runs(cells),
         ),
     ):
         fig = draw()
@@ -370,89 +369,6 @@ def _why_bn_fails(cells: dict[tuple[str, int], Cell], bn: str, gn: str | None) -
         f"{noise[small]:+.2f} training noise. PreciseBN shows how much of the mismatch better population "
         "statistics fix without changing the weights. Means over seeds.\n"
     )
-
-
-def _fig_runs(cells: dict[tuple[str, int], Cell]):
-    """Train and val error per epoch of every (norm, B), one panel per norm (means over seeds)."""
-    norms = sorted({n for n, _ in cells}, key=lambda n: (KIND_ORDER.get(norm_kind(n), 9), n))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(norms), figsize=(3.6 * len(norms), 3.2), sharey=True, squeeze=False)
-    for ax, norm in zip(axes[0], norms, strict=True):
-        for b in sorted((b for n, b in cells if n == norm), reverse=True):
-            c = cells[(norm, b)]
-            (line,) = ax.plot(range(1, len(c.curve("val_error")) + 1), c.curve("val_error"), label=f"B={b}")
-            ax.plot(range(1, len(c.curve("train_error")) + 1), c.curve("train_error"), "--", color=line.get_color())
-        ax.set_title(norm_label(norm))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("error (%)")
-    fig.tight_layout()
-    return fig
-
-
-def _fig1(cells, bn, gn):
-    if not (bn and gn):
-        return None
-    plt = pyplot()
-    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for spec, color in ((bn, "tab:blue"), (gn, "tab:orange")):
-        sizes = sorted(b for (n, b) in cells if n == spec)
-        stats = [cells[(spec, b)].mean_std for b in sizes]
-        ax.errorbar(
-            sizes,
-            [m for m, _ in stats],
-            yerr=[s for _, s in stats],
-            marker="o",
-            capsize=3,
-            color=color,
-            label=norm_label(spec),
-        )
-    for kind, color in (("bn", "tab:blue"), ("gn", "tab:orange")):
-        sizes = sorted(paper.TABLE2[kind])
-        ax_p.plot(sizes, [paper.TABLE2[kind][b] for b in sizes], marker="o", color=color, label=kind.upper())
-    for a, title in ((ax, "ours"), (ax_p, "paper (ImageNet, ResNet-50)")):
-        a.set_xscale("log", base=2)
-        a.invert_xaxis()
-        a.set_xlabel("images per device")
-        a.set_ylabel("val error (%)")
-        a.set_title(title)
-        a.grid(alpha=0.3)
-        a.legend()
-    return fig
-
-
-def _fig4(at_largest):
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for c in at_largest:
-        for ax, key in zip(axes, ("train_error", "val_error"), strict=True):
-            curve = c.curve(key)
-            ax.plot(range(1, len(curve) + 1), curve, label=norm_label(c.norm))
-    for ax, title in zip(axes, ("train error", "val error"), strict=True):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("error (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
-
-
-def _fig5(cells, bn, gn):
-    if not (bn and gn):
-        return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, spec in zip(axes, (bn, gn), strict=True):
-        for b in sorted((b for (n, b) in cells if n == spec), reverse=True):
-            curve = cells[(spec, b)].curve("val_error")
-            ax.plot(range(1, len(curve) + 1), curve, label=f"{b} / device")
-        ax.set_title(f"{norm_label(spec)}: val error")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("error (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
 
 
 def _header(configs: list[dict[str, Any]]) -> str:

@@ -12,7 +12,7 @@ BatchNormAct2d, groupnorm's BatchNorm and BatchRenorm) run with batch statistics
 batch-norm function in training (F.batch_norm, torch.batch_norm, aten's native_batch_norm, ...)
 caught by a TorchFunctionMode and charged to the module that made them; and, for any other
 mixing op, the innermost module whose output for sample i changes with the batch while its
-input does not. Kept apart from convert.py (model surgery) to keep both small.
+input does not. Kept apart from the surgery (groupnorm.convert) to keep both small.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ changes = convert_norms(model, "ws+gn:32")         # ... and every conv -> WS co
 zero_init_last_gamma(model)                        # the paper's recipe for residual blocks
 set_devices(model, 8)                              # BN statistics per 8 virtual devices
 set_renorm_limits(model, step, total_steps)        # Batch Renorm's r_max / d_max ramp, each step
+
+The room's other modules: groupnorm.convert.check (does a model mix the samples of a batch, and where)
+and groupnorm.convert.fuse (a model's GroupNorm + SiLU pairs into the fused layer).
 """
 
 from __future__ import annotations
