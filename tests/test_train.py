@@ -152,7 +152,7 @@ def _cli(*args, cwd=None):
     ("args", "words"),
     [
         (["reproduce", "nope"], ["invalid choice: 'nope'", "batch-sizes"]),
-        (["reproduce", "--preset", "huge"], ["unknown preset 'huge'", "smoke, quick, full, paper"]),
+        (["reproduce", "--preset", "huge"], ["unknown preset 'huge'", "smoke, quick, medium, full, paper"]),
         (["reproduce", "--set", "epoch=3"], ["unknown setting 'epoch'", "epochs"]),
         (["reproduce", "--set", "epochs=three"], ["epochs expects int; got 'three'"]),
         (["reproduce", "--set", "seeds=0,x"], ["seeds expects int; got 'x'"]),

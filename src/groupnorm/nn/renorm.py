@@ -99,7 +99,7 @@ class BatchRenorm(BatchNorm):
         d_max: float = 0.0,
     ) -> None:
         super().__init__(
-            num_features, devices, False, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, devices=devices, bias=bias
         )
         self.r_max = r_max
         self.d_max = d_max
