@@ -81,4 +81,5 @@ class EvoNormS0(nn.Module):
         return F.evo_norm_s0(x, self.num_groups, self.weight, self.bias, self.v, self.eps, act=self.act)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, num_groups={self.num_groups}" + ("" if self.act else ", act=False")
+        text = f"{self.num_features}, eps={self.eps}, num_groups={self.num_groups}"
+        return text if self.act else f"{text}, act=False"
