@@ -77,6 +77,8 @@ def _resnet_s2(spec, num_classes, in_channels, devices, on_indivisible, *, depth
 
 
 def _resnet50(spec, num_classes, in_channels, devices, on_indivisible, *, depth=50, width=64):
+    """torchvision's ResNet-50 built with our norms; for a norm-act spec, TorchvisionStyleResNet(50, 64)
+    (the same names and keys, with the ReLUs after norm-act layers left out: see the module docstring)."""
     if (depth, width) != (50, 64):
         raise ValueError(f"resnet50 is torchvision's ResNet-50: depth 50, width 64; got depth={depth}, width={width}")
     import torchvision
