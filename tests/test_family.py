@@ -40,13 +40,15 @@ def _oracle(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return R.batch_renorm(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps, m.r_max, m.d_max, m.devices)
     if isinstance(m, gnn.FilterResponseNorm):
         return R.filter_response_norm(x, m.weight, m.bias, m.tau, m.eps)
-    return R.evo_norm_s0(x, m.num_groups, m.weight, m.bias, m.v, m.eps)
+    return R.evo_norm_s0(x, m.num_groups, m.weight, m.bias, m.v, m.eps, act=m.act)
 
 
 LAYERS = {
     "brn": _brn,
     "frn": lambda: _randomize(gnn.FilterResponseNorm(8)),
     "evonorm-s0": lambda: _randomize(gnn.EvoNormS0(8, num_groups=2)),
+    "frn without tlu": lambda: _randomize(gnn.FilterResponseNorm(8, tlu=False)),
+    "evonorm-s0 without act": lambda: _randomize(gnn.EvoNormS0(8, num_groups=2, act=False)),
 }
 
 
@@ -62,7 +64,7 @@ def test_layer_matches_the_formula(name, shape, fmt, dtype):
     torch.testing.assert_close(y.double(), expected, **DTYPES[dtype])
 
 
-@pytest.mark.parametrize("name", ["brn", "evonorm-s0"])
+@pytest.mark.parametrize("name", ["brn", "evonorm-s0", "evonorm-s0 without act"])
 def test_features_without_spatial_dims(name):
     m = LAYERS[name]()
     x = torch.randn(6, 8)
@@ -120,6 +122,18 @@ def test_renorm_ramp_scales_with_the_run():
     assert (model[0].r_max, model[2].d_max) == (3.0, 5.0)
     with pytest.raises(ValueError, match="total_steps must be a positive int; got 0"):
         gnn.renorm_limits(0, 0)
+
+
+def test_evonorm_s0_without_act_divides_by_the_group_std():
+    m = _randomize(gnn.EvoNormS0(8, num_groups=2, act=False))
+    assert m.v is None and [k for k, _ in m.named_parameters()] == ["weight", "bias"]
+    assert repr(m) == "EvoNormS0(8, eps=1e-05, num_groups=2, act=False)"
+    x = torch.randn(3, 8, 4, 4) + 1
+    std = (x.unflatten(1, (2, 4)).var((2, 3, 4), correction=0, keepdim=True) + m.eps).sqrt()
+    expected = (x.unflatten(1, (2, 4)) / std).flatten(1, 2) * m.weight.view(1, 8, 1, 1) + m.bias.view(1, 8, 1, 1)
+    torch.testing.assert_close(m(x), expected)
+    with pytest.raises(ValueError, match="evo_norm_s0: v is the activation's parameter; pass v=None with act=False"):
+        F.evo_norm_s0(x, 2, v=torch.ones(8), act=False)
 
 
 def test_frn_learned_eps_and_no_tlu():

@@ -699,6 +699,8 @@ def evo_norm_s0(
     bias: Tensor | None = None,
     v: Tensor | None = None,
     eps: float = 1e-5,
+    *,
+    act: bool = True,
 ) -> Tensor:
     r"""EvoNorm-S0 (Liu et al., 2020): a batch-independent norm-act.
 
@@ -708,6 +710,9 @@ def evo_norm_s0(
     with sigma the logistic sigmoid, v, gamma and beta per channel, and the biased variance
     per sample over each group of C/G contiguous channels and every trailing position (GN's
     sets), accumulated in float32 (float64 for float64 x). ``v=None`` is v = 1.
+
+    ``act=False`` is its form without the activation, for a norm no activation follows (before a
+    residual add): y = x / group_std(x) * gamma + beta (timm's EvoNorm2dS0a without act); v must be None.
     """
     fn = "evo_norm_s0"
     _check_input(fn, x)
@@ -716,6 +721,8 @@ def evo_norm_s0(
     weight = _check_param(fn, "weight", weight, c, x)
     bias = _check_param(fn, "bias", bias, c, x)
     v = _check_param(fn, "v", v, c, x)
+    if not act and v is not None:
+        raise ValueError(f"{fn}: v is the activation's parameter; pass v=None with act=False")
     eps = _check_eps(fn, eps)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xa = x.to(acc)
@@ -723,8 +730,10 @@ def evo_norm_s0(
     var = grouped.var(dim=2, correction=0, keepdim=True)
     std = torch.sqrt(var + eps).repeat_interleave(c // groups, dim=1).view((n, c) + (1,) * (x.dim() - 2))
     shape = _channel_shape(x)
-    gate = torch.sigmoid(xa * v.to(acc).view(shape)) if v is not None else torch.sigmoid(xa)
-    y = xa * gate / std
+    if act:
+        y = xa * (torch.sigmoid(xa * v.to(acc).view(shape)) if v is not None else torch.sigmoid(xa)) / std
+    else:
+        y = xa / std
     if weight is not None:
         y = y * weight.to(acc).view(shape)
     if bias is not None:

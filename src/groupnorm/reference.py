@@ -206,10 +206,12 @@ def evo_norm_s0(
     bias: Tensor | None = None,
     v: Tensor | None = None,
     eps: float = 1e-5,
+    act: bool = True,
 ) -> Tensor:
     """EvoNorm-S0 (Liu et al. 2020): y = x * sigmoid(v * x) / group_std(x) * gamma + beta.
 
     group_std = sqrt(Var + eps), biased, over GN's sets: one sample, C/G channels, all positions.
+    ``act=False``: y = x / group_std(x) * gamma + beta (no activation: a norm before a residual add).
     """
     n, c = x.shape[:2]
     per_group = c // num_groups
@@ -221,5 +223,6 @@ def evo_norm_s0(
                 std = torch.sqrt(((s - s.mean()) ** 2).mean() + eps)
                 xc = x[i, ch].double()
                 vc = 1.0 if v is None else v[ch].double()
-                out[i, ch] = xc * torch.sigmoid(vc * xc) / std
+                gate = torch.sigmoid(vc * xc) if act else 1.0
+                out[i, ch] = xc * gate / std
     return _affine(out, weight, bias)

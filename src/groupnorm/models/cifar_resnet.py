@@ -1,4 +1,9 @@
-"""CIFAR-style ResNets (He et al. 2016, Sec. 4.2): depth 6n+2, three stages of n basic blocks."""
+"""CIFAR-style ResNets (He et al. 2016, Sec. 4.2): depth 6n+2, three stages of n basic blocks.
+
+Norm-act layers (a ``norm_act_factory`` spec such as ``frn``): the stem's norm and each block's
+``norm1`` (each followed by a ReLU) become norm-act layers with no ReLU after them; each block's
+``norm2`` (before the residual add) and the shortcut's norm stay plain; the ReLU after the add stays.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,37 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from groupnorm.models.norm_act import NormActLayer, as_norm_act
+
 __all__ = ["BasicBlock", "CifarResNet"]
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-norm-relu-conv3x3-norm, plus the shortcut (a 1x1 conv and norm where the shape changes)."""
+    """conv3x3-norm-relu-conv3x3-norm, plus the shortcut (a 1x1 conv and norm where the shape changes).
+
+    ``norm1`` and ``act1`` are the (norm, ReLU) pair (a norm-act layer and Identity for a norm-act spec);
+    ``norm2`` and the shortcut's norm, before the add, are plain; ``relu`` follows the add.
+    """
 
     last_norm_name = "norm2"  # zero_init_last_gamma zeroes its gamma
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module], conv: type) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int, norm: NormActLayer | Callable[[int], nn.Module], conv: type
+    ) -> None:
         super().__init__()
+        norm = as_norm_act(norm)
         self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
         self.norm1 = norm(cout)
+        self.act1 = norm.activation()
         self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
-        self.norm2 = norm(cout)
+        self.norm2 = norm(cout, act=False)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout))
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout, act=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -38,7 +53,8 @@ class CifarResNet(nn.Module):
         depth: 6n + 2 (8, 14, 20, 32, 44, 56, 110).
         width: channels of the first stage (16 in He et al.).
         num_classes, in_channels: of the data.
-        norm: a callable building the norm layer for a number of channels (see make_norm).
+        norm: a NormActLayer (groupnorm.models.norm_act_factory(spec)), or a plain callable building
+            the norm layer for a number of channels (see make_norm).
         conv: the conv class (nn.Conv2d, or WSConv2d for ws+ specs).
         stem_stride: 1 (He et al.) or 2: the stem halves the image, so a wide net costs a quarter
             (28x28 images: stages at 14, 7 and 4 pixels instead of 28, 14 and 7).
@@ -50,7 +66,7 @@ class CifarResNet(nn.Module):
         width: int,
         num_classes: int,
         in_channels: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv2d,
         stem_stride: int = 1,
     ) -> None:
@@ -60,8 +76,9 @@ class CifarResNet(nn.Module):
         if stem_stride not in (1, 2):
             raise ValueError(f"CifarResNet: stem_stride must be 1 or 2; got {stem_stride}")
         n = (depth - 2) // 6
+        norm = as_norm_act(norm)
         self.stem = nn.Sequential(
-            conv(in_channels, width, 3, stem_stride, 1, bias=False), norm(width), nn.ReLU(inplace=True)
+            conv(in_channels, width, 3, stem_stride, 1, bias=False), norm(width), norm.activation()
         )
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):

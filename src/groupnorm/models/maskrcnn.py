@@ -12,11 +12,17 @@
 - box head: torchvision's TwoMLPHead (``2fc``) or FastRCNNConvFCHead with four 3x3 convs and
   one fc (``4conv1fc``, the paper's GN head) with ``cfg.head_norm`` after each conv;
 - mask head: torchvision's MaskRCNNHeads, four 3x3 convs with ``cfg.head_norm``, and its predictor.
+
+Norm-act specs (``frn``, ``evonorm-s0``, ``gn+relu``): the backbone places them as its builder says
+(groupnorm.models); the FPN's norms, which no activation follows, are their plain form (FRN without
+TLU, ...); each head conv's norm, followed by torchvision's ReLU, is the norm-act layer and that ReLU
+is replaced by an Identity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -43,9 +49,24 @@ def stage_channels(body: nn.Module) -> list[int]:
     return out
 
 
-def _norm_layer(spec: str, devices: int = 1):
-    """A torchvision ``norm_layer`` for ``spec``, or None for ``none`` (so the convs keep their bias)."""
-    return None if parse_norm_spec(spec).kind == "none" else norm_factory(spec, devices)
+def _norm_layer(spec: str, devices: int = 1, *, act: bool = True) -> Callable[[int], nn.Module] | None:
+    """A torchvision ``norm_layer`` for ``spec``, or None for ``none`` (so the convs keep their bias).
+
+    ``act``: an activation follows each norm (a norm-act spec gives its norm-act layer, else its plain form).
+    """
+    if parse_norm_spec(spec).kind == "none":
+        return None
+    norm = norm_factory(spec, devices)
+    return norm if act else partial(norm, act=False)
+
+
+def _drop_relu_after_norm_act(head: nn.Module) -> None:
+    """In torchvision's (conv, norm, ReLU) blocks of ``head``, whose norms are norm-act layers: ReLU -> Identity."""
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    for block in head.modules():
+        if isinstance(block, Conv2dNormActivation) and isinstance(block[-1], nn.ReLU):
+            block[-1] = nn.Identity()
 
 
 def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -124,7 +145,7 @@ def build_mask_rcnn(cfg: Any, num_classes: int, *, devices: int = 1) -> nn.Modul
     _freeze(body, cfg.trainable_layers)
     body.fc = nn.Identity()  # not used by the FPN; keeps no dead parameters around
 
-    fpn_norm = _norm_layer(cfg.fpn_norm)
+    fpn_norm = _norm_layer(cfg.fpn_norm, act=False)  # the FPN's convs have no activation
     backbone = BackboneWithFPN(
         body, RETURN_LAYERS, stage_channels(body), cfg.fpn_channels, LastLevelMaxPool(), norm_layer=fpn_norm
     )
@@ -161,6 +182,9 @@ def build_mask_rcnn(cfg: Any, num_classes: int, *, devices: int = 1) -> nn.Modul
         mask_head=MaskRCNNHeads(c, [cfg.head_channels] * 4, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(cfg.head_channels, cfg.head_channels, num_classes),
     )
+    if parse_norm_spec(cfg.head_norm).norm_act:
+        _drop_relu_after_norm_act(model.roi_heads.box_head)
+        _drop_relu_after_norm_act(model.roi_heads.mask_head)
     return model
 
 

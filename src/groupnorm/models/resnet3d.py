@@ -18,6 +18,11 @@ the temporal size ("mean": a static clip then gives the 2D activations, away fro
 temporal borders) or puts it at the temporal centre ("center": exactly the 2D network applied
 frame by frame). Norm parameters and statistics carry over; a head of another shape is left
 to train from scratch, as when fine-tuning an ImageNet model on Kinetics.
+
+Norm-act layers (a ``norm_act_factory`` spec such as ``frn``), as in the 2D models: the stem's norm
+and every norm a ReLU follows (``norm1`` of a basic block, ``bn1`` and ``bn2`` of a bottleneck) are
+norm-act layers with an Identity in place of that ReLU (``act1``, ``act2``; the stem's ``relu``);
+a block's last norm (before the residual add) and the shortcut's norm stay plain.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Literal
 from torch import Tensor, nn
 
 from groupnorm.models.inflate import Inflation, inflate_state_dict, inflate_weight, load_inflated
+from groupnorm.models.norm_act import NormActLayer, as_norm_act, norm_act_factory
+from groupnorm.nn.spec import conv_layer
 
 __all__ = [
     "BasicBlock3d",
@@ -84,22 +91,24 @@ class BasicBlock3d(nn.Module):
         cout: int,
         stride: tuple[int, int, int],
         temporal_kernel: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv3d,
     ) -> None:
         super().__init__()
+        norm = as_norm_act(norm)
         kt = temporal_kernel
         self.conv1 = conv(cin, cout, (kt, 3, 3), stride, (kt // 2, 1, 1), bias=False)
         self.norm1 = norm(cout)
+        self.act1 = norm.activation()
         self.conv2 = conv(cout, cout, (1, 3, 3), 1, (0, 1, 1), bias=False)
-        self.norm2 = norm(cout)
+        self.norm2 = norm(cout, act=False)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if any(s != 1 for s in stride) or cin != cout:
-            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout))
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout, act=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -115,7 +124,7 @@ class ResNet3d(nn.Module):
         depth: 6n + 2 (8, 14, 20, ...).
         width: channels of the first stage.
         num_classes, in_channels: of the data.
-        norm: ``num_channels -> norm layer`` (see groupnorm.models.norm_factory).
+        norm: a NormActLayer (groupnorm.models.norm_act_factory(spec)) or a plain ``num_channels -> norm``.
         conv: nn.Conv3d, or WSConv3d for ws+ specs.
         temporal: which blocks have temporal kernels (see :func:`temporal_kernels`).
         stem_temporal: temporal kernel size of the stem conv (odd).
@@ -130,7 +139,7 @@ class ResNet3d(nn.Module):
         width: int,
         num_classes: int,
         in_channels: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv3d,
         *,
         temporal: Temporal = "alternate",
@@ -152,6 +161,7 @@ class ResNet3d(nn.Module):
             raise ValueError(f"ResNet3d: temporal_stride must be 1 or 2; got {temporal_stride!r}")
         n = (depth - 2) // 6
         kernels = temporal_kernels(temporal, 3 * n)
+        norm = as_norm_act(norm)
         self.stem = nn.Sequential(
             conv(
                 in_channels,
@@ -162,7 +172,7 @@ class ResNet3d(nn.Module):
                 bias=False,
             ),
             norm(width),
-            nn.ReLU(inplace=True),
+            norm.activation(),
         )
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
@@ -197,25 +207,28 @@ class Bottleneck3d(nn.Module):
         planes: int,
         stride: int,
         temporal_kernel: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv3d,
     ) -> None:
         super().__init__()
+        norm = as_norm_act(norm)
         kt, cout = temporal_kernel, planes * self.expansion
         self.conv1 = conv(cin, planes, (kt, 1, 1), 1, (kt // 2, 0, 0), bias=False)
         self.bn1 = norm(planes)
+        self.act1 = norm.activation()
         self.conv2 = conv(planes, planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), bias=False)
         self.bn2 = norm(planes)
+        self.act2 = norm.activation()
         self.conv3 = conv(planes, cout, 1, bias=False)
-        self.bn3 = norm(cout)
+        self.bn3 = norm(cout, act=False)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(conv(cin, cout, 1, (1, stride, stride), bias=False), norm(cout))
+            self.downsample = nn.Sequential(conv(cin, cout, 1, (1, stride, stride), bias=False), norm(cout, act=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
@@ -235,7 +248,7 @@ class I3DResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int,
         in_channels: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv3d,
         *,
         width: int = 64,
@@ -245,9 +258,10 @@ class I3DResNet(nn.Module):
         super().__init__()
         _check_conv(conv)
         kernels = temporal_kernels(temporal, sum(layers))
+        norm = as_norm_act(norm)
         self.conv1 = conv(in_channels, width, (stem_temporal, 7, 7), (1, 2, 2), (stem_temporal // 2, 3, 3), bias=False)
         self.bn1 = norm(width)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = norm.activation()
         self.maxpool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
         self.temporal_pool = nn.MaxPool3d((3, 1, 1), (2, 1, 1), (1, 0, 0))
         cin, k = width, 0
@@ -277,13 +291,8 @@ class I3DResNet(nn.Module):
 # builders of the model registry (groupnorm.models.MODELS)
 
 
-def _norm_and_conv(spec, devices: int, on_indivisible) -> tuple[Callable[[int], nn.Module], type]:
-    from functools import partial
-
-    from groupnorm.nn.spec import conv_layer, make_norm, parse_norm_spec
-
-    parsed = parse_norm_spec(spec)
-    return partial(make_norm, parsed, devices=devices, on_indivisible=on_indivisible), conv_layer(parsed, dims=3)
+def _norm_and_conv(spec, devices: int, on_indivisible) -> tuple[NormActLayer, type]:
+    return norm_act_factory(spec, devices, on_indivisible), conv_layer(spec, dims=3)
 
 
 def build_resnet3d(spec, num_classes, in_channels, devices, on_indivisible, *, depth=8, width=16, **kwargs):

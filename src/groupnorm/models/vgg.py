@@ -12,6 +12,9 @@ Small inputs: a max-pool is skipped when its input map is smaller than ``min_poo
 Layers are named as in the paper: ``features.conv5_3`` is VGG-16's last conv, and ``probe_module``
 names the last conv of any depth (the engine's percentile probe hooks its output: the responses
 before norm and ReLU).
+
+Norm-act layers (a ``norm_act_factory`` spec such as ``frn``): every norm is followed by a ReLU,
+so every norm slot is a norm-act layer and the ``relu`` layers are left out; no norm stays plain.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from torch import Tensor, nn
+
+from groupnorm.models.norm_act import NormActLayer, as_norm_act
 
 __all__ = ["CONFIGS", "VGG", "MaxPoolIfLarge"]
 
@@ -56,11 +61,12 @@ class VGG(nn.Module):
         depth: 11, 13, 16 or 19 (weight layers, counting the linear head as VGG counts its three).
         width: channels of the first stage (64 in VGG).
         num_classes, in_channels: of the data.
-        norm: ``num_channels -> module``. With no norm (``bias=True``) the convs get a bias, as in VGG.
+        norm: a NormActLayer (groupnorm.models.norm_act_factory(spec)) or a plain ``num_channels -> module``.
+            With no norm (``bias=True``) the convs get a bias, as in VGG.
         conv: the conv class (nn.Conv2d, or WSConv2d for ws+ specs).
         bias: give the convs a bias (pointless before a norm with a beta).
-        act: put a ReLU after each norm; False where the norm applies the activation itself (a fused
-            spec such as ``gn:8+relu``).
+        act: put a ReLU after each norm (never after a norm-act layer, which applies its own: a
+            norm-act spec such as ``frn`` or ``gn:8+relu``); False leaves every ReLU out.
         min_pool_size: see :class:`MaxPoolIfLarge`.
     """
 
@@ -70,7 +76,7 @@ class VGG(nn.Module):
         width: int,
         num_classes: int,
         in_channels: int,
-        norm: Callable[[int], nn.Module],
+        norm: NormActLayer | Callable[[int], nn.Module],
         conv: type = nn.Conv2d,
         *,
         bias: bool = False,
@@ -80,6 +86,7 @@ class VGG(nn.Module):
         super().__init__()
         if depth not in CONFIGS:
             raise ValueError(f"VGG: depth must be one of {', '.join(map(str, CONFIGS))}; got {depth}")
+        norm = as_norm_act(norm)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         cin = in_channels
         for stage, (convs, mult) in enumerate(zip(CONFIGS[depth], STAGE_WIDTHS, strict=True), 1):
@@ -87,8 +94,8 @@ class VGG(nn.Module):
             for i in range(1, convs + 1):
                 layers[f"conv{stage}_{i}"] = conv(cin, cout, 3, 1, 1, bias=bias)
                 layers[f"norm{stage}_{i}"] = norm(cout)
-                if act:
-                    layers[f"relu{stage}_{i}"] = nn.ReLU(inplace=True)
+                if act and not norm.fused:
+                    layers[f"relu{stage}_{i}"] = norm.activation()
                 cin = cout
             layers[f"pool{stage}"] = MaxPoolIfLarge(min_pool_size)
         self.features = nn.Sequential(layers)

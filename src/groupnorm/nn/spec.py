@@ -21,7 +21,9 @@
                 for gn: a norm-act layer
 
 A norm-act spec (``NormSpec.norm_act``: frn, evonorm-s0, <spec>+ACT) replaces a norm and the
-activation after it; where a norm is not followed by one (before a residual add) it does not apply.
+activation after it; where a norm is not followed by one (before a residual add) the model builder
+asks for its plain form, ``make_norm(spec, C, act=False)``: GN, LN or IN without the fused
+activation, FRN without TLU, EvoNorm-S0 without its sigmoid gate (see groupnorm.models.norm_act).
 
 ``make_norm`` also takes a callable (a class, a functools.partial, a function) and calls it
 with the number of channels, as torchvision's ``norm_layer`` arguments do. New kinds are
@@ -122,7 +124,9 @@ def register_norm(
 ) -> None:
     """Make ``kind`` (and ``kind:arg`` / ``kind/K`` when ``validate`` accepts them) a norm spec.
 
-    ``builder(spec, num_channels, options)`` returns the module; ``validate(spec)`` raises
+    ``builder(spec, num_channels, options)`` returns the module (``options``: devices,
+    on_indivisible, eps, and act: False for the plain form of a norm-act kind, where no
+    activation follows the norm); ``validate(spec)`` raises
     ValueError for arguments the kind does not take. With ``fuses_act`` the kind also takes
     an activation suffix (``kind+silu``), which its builder must apply (``spec.act``). With
     ``norm_act`` the layer itself replaces a (norm, activation) pair (``NormSpec.norm_act``).
@@ -187,6 +191,7 @@ def make_norm(
     devices: int = 1,
     on_indivisible: OnIndivisible = "error",
     eps: float = 1e-5,
+    act: bool = True,
 ) -> nn.Module:
     """Build the normalization layer that ``spec`` names for ``num_channels`` channels.
 
@@ -198,6 +203,9 @@ def make_norm(
             group size (``gn/K``): ``"error"`` (default) raises; ``"nearest"`` uses the divisor
             of C nearest to G (or K), ties to the smaller one.
         eps: added to the variance (not for ``frn``, which keeps its paper's 1e-6).
+        act: whether an activation follows this norm in the model (default True). False builds a
+            norm-act spec's plain form: GN, LN or IN without the fused activation, FRN without TLU,
+            EvoNorm-S0 without its gate. Other specs, and a callable spec, ignore it.
 
     Examples::
 
@@ -207,6 +215,8 @@ def make_norm(
         GroupNorm(16, 256, eps=1e-05, affine=True, bias=True)
         >>> make_norm("gn:32+silu", 256)
         GroupNormAct(32, 256, eps=1e-05, affine=True, bias=True, act='silu')
+        >>> make_norm("gn:32+silu", 256, act=False)
+        GroupNorm(32, 256, eps=1e-05, affine=True, bias=True)
     """
     if callable(spec) and not isinstance(spec, (str, NormSpec)):
         return spec(num_channels)
@@ -215,7 +225,7 @@ def make_norm(
         raise ValueError(f"make_norm: num_channels must be a positive int; got {num_channels!r}")
     if on_indivisible not in ("error", "nearest"):
         raise ValueError(f"make_norm: on_indivisible must be 'error' or 'nearest'; got {on_indivisible!r}")
-    options = {"devices": devices, "on_indivisible": on_indivisible, "eps": eps}
+    options = {"devices": devices, "on_indivisible": on_indivisible, "eps": eps, "act": bool(act)}
     return _REGISTRY[parsed.kind][0](parsed, num_channels, options)
 
 
@@ -270,7 +280,12 @@ def _spec_groups(spec: NormSpec, c: int, o: dict) -> int:
 
 
 def _build_gn(spec: NormSpec, c: int, o: dict) -> nn.Module:
-    return _group_norm(_spec_groups(spec, c, o), c, o["eps"], spec.act)
+    return _group_norm(_spec_groups(spec, c, o), c, o["eps"], _act(spec, o))
+
+
+def _act(spec: NormSpec, o: dict) -> str:
+    """The activation a gn-like layer fuses: the spec's, unless no activation follows the norm."""
+    return spec.act if o["act"] else ""
 
 
 def _group_norm(groups: int, c: int, eps: float, act: str) -> nn.Module:
@@ -287,21 +302,21 @@ register_norm("bn", _build_bn, _validate_bn)
 register_norm("gn", _build_gn, _validate_gn, fuses_act=True)
 register_norm(
     "ln",
-    lambda spec, c, o: _group_norm(1, c, o["eps"], spec.act) if spec.act else LayerNorm(c, eps=o["eps"]),
+    lambda spec, c, o: _group_norm(1, c, o["eps"], _act(spec, o)) if _act(spec, o) else LayerNorm(c, eps=o["eps"]),
     fuses_act=True,
 )
 register_norm(
     "in",
-    lambda spec, c, o: _group_norm(c, c, o["eps"], spec.act) if spec.act else InstanceNorm(c, eps=o["eps"]),
+    lambda spec, c, o: _group_norm(c, c, o["eps"], _act(spec, o)) if _act(spec, o) else InstanceNorm(c, eps=o["eps"]),
     fuses_act=True,
 )
 register_norm("none", lambda spec, c, o: nn.Identity())
 register_norm("brn", lambda spec, c, o: BatchRenorm(c, eps=o["eps"], devices=o["devices"]))
 # FRN keeps its paper's eps (1e-6): make_norm's eps is the BN family's variance eps.
-register_norm("frn", lambda spec, c, o: FilterResponseNorm(c), norm_act=True)
+register_norm("frn", lambda spec, c, o: FilterResponseNorm(c, tlu=o["act"]), norm_act=True)
 register_norm(
     "evonorm-s0",
-    lambda spec, c, o: EvoNormS0(c, eps=o["eps"], num_groups=_spec_groups(spec, c, o)),
+    lambda spec, c, o: EvoNormS0(c, eps=o["eps"], num_groups=_spec_groups(spec, c, o), act=o["act"]),
     _validate_gn,
     norm_act=True,
 )
