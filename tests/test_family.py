@@ -211,6 +211,8 @@ def test_convert_to_the_family():
     model[1].running_mean.fill_(0.5)
     groupnorm.convert_norms(model, "brn")
     assert type(model[1]) is gnn.BatchRenorm and model[1].running_mean[0] == 0.5
-    groupnorm.convert_norms(model, "evonorm-s0:4")
-    assert type(model[1]) is gnn.EvoNormS0
     model(torch.randn(2, 3, 6, 6)).sum().backward()
+    for spec in ("evonorm-s0:4", "frn"):  # norm-act layers: the model builders place them, not surgery
+        with pytest.raises(ValueError, match=f"spec '{spec}' is a norm-act layer"):
+            groupnorm.convert_norms(model, spec)
+    assert type(model[1]) is gnn.BatchRenorm

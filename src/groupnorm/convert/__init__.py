@@ -152,6 +152,12 @@ def convert_norms(
             f"activation in every norm slot (also before residual adds) while the model's own activations "
             f"still follow. To fuse GN with the SiLU that follows it, use groupnorm.fuse_group_norm_act"
         )
+    if parsed.norm_act:
+        raise ValueError(
+            f"convert_norms: spec {str(parsed)!r} is a norm-act layer (it replaces a norm and the activation after "
+            "it), so swapping it into norm slots would change the architecture; build the model with it instead "
+            "(groupnorm.models.build_model(..., norm=spec) places it where a norm precedes its activation)"
+        )
     ws = ws or parsed.ws
     if is_batch_norm(model):
         raise TypeError(
