@@ -105,3 +105,19 @@ def test_no_verdict_on_unconverged_runs_and_ties_said_as_ties(tmp_path):
 def test_report_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         build_report(tmp_path)
+
+
+def test_the_family_is_printed_beside_bn_and_gn_with_the_papers_batch_renorm(tmp_path):
+    exp = tmp_path / "batch-sizes"
+    for norm, b, err in [("bn", 32, 10.0), ("bn", 2, 14.0), ("gn:8", 32, 11.0), ("gn:8", 2, 11.0),
+                         ("brn", 32, 10.2), ("brn", 2, 12.5), ("frn", 2, 12.0), ("evonorm-s0:8", 2, 11.5)]:  # fmt: skip
+        rec = fake(exp, norm.replace(":", ""), b, 0, err)
+        rec.run_dir.mkdir(parents=True)
+        config = {**rec.config, "norm": norm, "experiment": "batch-sizes", "seed": 0, "base_lr": 0.1,
+                  "reference_batch": 32, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 1.0}  # fmt: skip
+        (rec.run_dir / "config.json").write_text(json.dumps(config))
+        (rec.run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rec.metrics))
+        (rec.run_dir / "result.json").write_text(json.dumps({**rec.result, "status": "finished"}))
+    text = build_report(exp).read_text()
+    assert "### The family at small batches" in text and "Batch Renorm 26.3, BN 27.3, GN 24.2" in text
+    assert "| EvoNorm-S0 (G=8) | – | 11.50 |" in text and "| BRN | 10.20 | 12.50 |" in text

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from groupnorm.nn.renorm import RENORM_RAMP
 from groupnorm.report import common, paper
 from groupnorm.report.batch_sizes_figures import KIND_ORDER, fig1, fig4, fig5, fig_runs
 from groupnorm.report.common import (
@@ -277,6 +278,7 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             f"\nErrors in %, median val error of the last epochs of each run; mean ± sd over {n_seeds} seed(s).\n"
         )
 
+    out.append(_family(cells, bn, gn))
     if bn:
         out.append(_why_bn_fails(cells, bn, gn))
 
@@ -333,6 +335,36 @@ def _classes(recs: list[Record]) -> int:
 
     name = recs[0].config.get("dataset", "")
     return LOADERS[name][2] if name in LOADERS else 1000
+
+
+FAMILY = ("brn", "frn", "evonorm-s0")  # the layers users compare GN with
+
+
+def _family(cells: dict[tuple[str, int], Cell], bn: str | None, gn: str | None) -> str:
+    """Batch Renorm, FRN and EvoNorm-S0 beside BN and GN at the batches they ran at, with the paper's BR figure."""
+    family = sorted({n for n, _ in cells if norm_kind(n) in FAMILY}, key=lambda n: (KIND_ORDER.get(norm_kind(n), 9), n))
+    if not family:
+        return ""
+    axis = sorted({b for n, b in cells if n in family}, reverse=True)
+    rows = []
+    for norm in [n for n in (bn, gn) if n] + family:
+        c = [cells.get((norm, b)) for b in axis]
+        rows.append([norm_label(norm), *[fmt(*x.mean_std, len(x.records)) if x else "–" for x in c]])
+        diverged = sum(x.diverged for x in c if x)
+        if diverged:
+            rows[-1][0] += f" ({diverged} run(s) diverged)"
+    ramp = RENORM_RAMP
+    return (
+        "\n### The family at small batches (beyond the paper's Table 2)\n\n"
+        + markdown_table(["val error, %", *[f"{b} per device" for b in axis]], rows)
+        + f"\nPaper (ImageNet, 4 images per GPU): Batch Renorm {paper.BATCH_RENORM_AT_4['brn']}, BN "
+        f"{paper.BATCH_RENORM_AT_4['bn']}, GN {paper.BATCH_RENORM_AT_4['gn']}. Batch Renorm's limits follow the "
+        f"paper's ramp scaled to each run: BN alone for the first {ramp['start'] / ramp['r_end'] / 4:.1%} of the "
+        f"steps, then d_max rises to {ramp['d_max']:g} by {ramp['d_end'] / ramp['r_end'] / 4:.1%} and r_max to "
+        f"{ramp['r_max']:g} by 25% of the run. FRN (with TLU) and EvoNorm-S0 replace each norm and the ReLU after "
+        "it; the norms before residual adds are their plain forms (groupnorm.models.norm_act). A row whose runs "
+        "diverged says so; mean ± sd over seeds.\n"
+    )
 
 
 def _why_bn_fails(cells: dict[tuple[str, int], Cell], bn: str, gn: str | None) -> str:

@@ -221,7 +221,7 @@ def norm_label(spec: str) -> str:
     """A human label: 'gn:8' -> 'GN (G=8)', 'gn/16' -> 'GN (16 ch/group)', 'bn' -> 'BN',
     'gn:8+silu' -> 'GN (G=8)+SiLU'."""
     s = parse_norm_spec(spec)
-    kind = {"none": "no norm"}.get(s.kind, s.kind.upper())
+    kind = {"none": "no norm", "evonorm-s0": "EvoNorm-S0"}.get(s.kind, s.kind.upper())
     if s.groups is not None:
         label = f"{kind} (G={s.groups})"
     elif s.group_size is not None:
