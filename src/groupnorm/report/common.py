@@ -32,6 +32,7 @@ __all__ = [
     "norm_kind",
     "norm_label",
     "recipe",
+    "recorded",
     "save_figure",
     "seed_noise_note",
     "tie",
@@ -232,7 +233,7 @@ def norm_label(spec: str) -> str:
     return ("WS+" if s.ws else "") + label + (f"+{act}" if act else "")
 
 
-def _values(configs: Sequence[dict[str, Any]], key: str, default: Any = None) -> str:
+def recorded(configs: Sequence[dict[str, Any]], key: str, default: Any = None) -> str:
     """A recorded setting: its value, or each value where the runs differ."""
     vals = sorted({f"{c.get(key, default):g}" if isinstance(c.get(key, default), float) else str(c.get(key, default))
                    for c in configs})  # fmt: skip
@@ -249,21 +250,21 @@ def recipe(configs: Sequence[dict[str, Any]], unit: str = "images") -> str:
         else:
             schedules.add("cosine decay")
     if any(c.get("reference_batch") for c in configs):  # the optimiser's batch fixed: one lr for every B
-        batch = _values([{"b": c["images_per_device"] * c["devices"]} for c in configs], "b")
+        batch = recorded([{"b": c["images_per_device"] * c["devices"]} for c in configs], "b")
         rule = (
-            f"B = {_values(configs, 'images_per_device', 0)} {unit} per device on {_values(configs, 'devices')} "
+            f"B = {recorded(configs, 'images_per_device', 0)} {unit} per device on {recorded(configs, 'devices')} "
             f"(virtual) devices, the same {batch} {unit} per optimiser step at every B, so one lr = "
-            f"{_values(configs, 'base_lr')} x {batch}/{_values(configs, 'reference_batch')}"
+            f"{recorded(configs, 'base_lr')} x {batch}/{recorded(configs, 'reference_batch')}"
         )
     else:
         rule = (
-            f"lr = {_values(configs, 'base_lr')} x B/{_values(configs, 'reference_images_per_device', 32)} at B "
+            f"lr = {recorded(configs, 'base_lr')} x B/{recorded(configs, 'reference_images_per_device', 32)} at B "
             f"{unit} per device"
         )
     return (
-        f"SGD momentum {_values(configs, 'momentum')}, weight decay {_values(configs, 'weight_decay')}; "
-        f"{rule}, warmed up linearly from lr/10 over {_values(configs, 'warmup_epochs')} epochs, then "
-        f"{' / '.join(sorted(schedules))}; {_values(configs, 'epochs')} epochs at every B"
+        f"SGD momentum {recorded(configs, 'momentum')}, weight decay {recorded(configs, 'weight_decay')}; "
+        f"{rule}, warmed up linearly from lr/10 over {recorded(configs, 'warmup_epochs')} epochs, then "
+        f"{' / '.join(sorted(schedules))}; {recorded(configs, 'epochs')} epochs at every B"
     )
 
 

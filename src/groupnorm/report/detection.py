@@ -15,7 +15,6 @@ from typing import Any
 
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
-    _values,
     convergence,
     convergence_text,
     fmt,
@@ -25,6 +24,7 @@ from groupnorm.report.common import (
     mean_std,
     norm_label,
     recipe,
+    recorded,
     save_figure,
     seed_noise_note,
     write_report,
@@ -319,8 +319,8 @@ def _recipe(configs: list[dict[str, Any]]) -> str:
     return (
         "torchvision's Mask R-CNN (ResNet-FPN backbone, RPN, RoIAlign box and mask heads) trained with the paper's "
         f"recipe, in every task's lr rule: {recipe(configs)} (the paper: 0.02 at 2 images per GPU on 8 GPUs); "
-        f"weight decay {_values(configs, 'norm_weight_decay')} on the norms' gamma and beta; "
-        f"{_values(configs, 'images_per_device')} images per (virtual) device, BN statistics per device. "
+        f"weight decay {recorded(configs, 'norm_weight_decay')} on the norms' gamma and beta; "
+        f"{recorded(configs, 'images_per_device')} images per (virtual) device, BN statistics per device. "
         "Evaluated by pycocotools' COCOeval on the validation split. BN* is BN frozen into an affine (the paper's "
         "baseline); 'BN, fine-tuned' trains BN with statistics over each device's images.\n\n"
     )

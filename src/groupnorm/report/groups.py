@@ -14,7 +14,6 @@ from typing import Any
 
 from groupnorm.report import common, paper
 from groupnorm.report.common import (
-    _values,
     convergence,
     convergence_text,
     fmt,
@@ -24,6 +23,7 @@ from groupnorm.report.common import (
     mean_std,
     pyplot,
     recipe,
+    recorded,
     save_figure,
     seed_noise_note,
     write_report,
@@ -274,7 +274,7 @@ def _header(configs: list[dict[str, Any]]) -> str:
     return (
         "# Group division: Table 3\n\n"
         "GN with a fixed number of groups G and with a fixed number of channels per group, at "
-        f"{_values(configs, 'images_per_device')} images per device; one recipe for every setting, that of the "
+        f"{recorded(configs, 'images_per_device')} images per device; one recipe for every setting, that of the "
         f"batch-size study: {recipe(configs)}; gamma = 0 in the last norm of each residual block. G = 1 runs as LN "
         "and one channel per group as IN. The paper's ResNet-50 has 64 channels in its narrowest layers, so that "
         "every setting divides every layer; so has the ResNet here at width 64 (its widths are width, 2 x width, "

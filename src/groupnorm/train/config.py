@@ -32,12 +32,12 @@ __all__ = ["SCHEDULES", "RunConfig", "TrainConfig", "config_from", "hashed_field
 SCHEDULES = ("cosine", "step")
 
 
-def _unhashed(default: Any) -> Any:
+def unhashed(default: Any) -> Any:
     """A setting about how a run executes, not what it computes: left out of the run id."""
     return field(default=default, metadata={"hash": False})
 
 
-def _hashed_unless_default(default: Any) -> Any:
+def hashed_unless_default(default: Any) -> Any:
     """A setting added after runs were recorded: in the run id only where it differs from its default,
     so the ids of earlier runs (and their records) stay valid."""
     return field(default=default, metadata={"hash": "unless-default", "neutral": default})
@@ -64,24 +64,24 @@ class RunConfig:
     epochs: int = 16
     base_lr: float = 0.1
     reference_images_per_device: int = 32
-    reference_batch: int = _hashed_unless_default(0)  # 0: reference_images_per_device x devices
+    reference_batch: int = hashed_unless_default(0)  # 0: reference_images_per_device x devices
     schedule: str = "cosine"  # cosine | step (/10 at each of milestones)
-    milestones: tuple[float, ...] = _hashed_unless_default(STEP_MILESTONES)
+    milestones: tuple[float, ...] = hashed_unless_default(STEP_MILESTONES)
     warmup_epochs: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
     # start from an earlier run: a checkpoint path (relative to the runs directory, or absolute) that the
     # engine loads with weights_only=True and hands to the task (e.g. inflated to 3D, or a detection backbone)
-    init: str = _hashed_unless_default("")
+    init: str = hashed_unless_default("")
     # torchrun processes the run is for (WORLD_SIZE when the config is made): a run of 2 processes and one
     # of 1 are different runs (their BN statistics and data order differ), so they never share records
     processes: int = field(default_factory=_world_size, metadata={"hash": "unless-default", "neutral": 1})
     # how it runs (not part of the run id)
-    data_dir: str = _unhashed("")
-    threads: int = _unhashed(0)  # torch threads (0: leave torch's default)
-    checkpoint_seconds: float = _unhashed(300.0)  # a mid-epoch checkpoint at most this often
-    checkpoint_steps: int = _unhashed(0)  # ... or every this many steps (0: off; for tests)
+    data_dir: str = unhashed("")
+    threads: int = unhashed(0)  # torch threads (0: leave torch's default)
+    checkpoint_seconds: float = unhashed(300.0)  # a mid-epoch checkpoint at most this often
+    checkpoint_steps: int = unhashed(0)  # ... or every this many steps (0: off; for tests)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -152,10 +152,10 @@ class TrainConfig(RunConfig):
     channels_last: bool = True
     # the percentile probe (groupnorm.train.probe): every probe_every iterations (0: off), the probe_percentiles
     # of the output of the model's probe_module on the first probe_images validation images, in probes.jsonl
-    probe_every: int = _hashed_unless_default(0)
-    probe_images: int = _hashed_unless_default(256)
-    probe_percentiles: tuple[float, ...] = _hashed_unless_default((1.0, 20.0, 80.0, 99.0))
-    workers: int = _unhashed(8)  # imagefolder loader processes
+    probe_every: int = hashed_unless_default(0)
+    probe_images: int = hashed_unless_default(256)
+    probe_percentiles: tuple[float, ...] = hashed_unless_default((1.0, 20.0, 80.0, 99.0))
+    workers: int = unhashed(8)  # imagefolder loader processes
 
     def __post_init__(self) -> None:
         """Reject a config that cannot run before anything trains."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from groupnorm.data.scenes import SceneSpec
-from groupnorm.train.config import RunConfig, _unhashed, slug
+from groupnorm.train.config import RunConfig, unhashed, slug
 
 __all__ = ["HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionConfig"]
 
@@ -78,9 +78,9 @@ class DetectionConfig(RunConfig):
     zero_init_last: bool = True  # gamma = 0 in residual blocks' last norms, from scratch only
     eval_every: int = 0  # evaluate every this many epochs (0: at the end only)
     # how it runs (not part of the run id); data_dir: coco: the dataset folder; scenes: where they go (cache)
-    fashion_mnist_dir: str = _unhashed("")
-    eval_batch: int = _unhashed(8)
-    sample_images: int = _unhashed(6)  # validation images whose predictions are kept for the report's figure
+    fashion_mnist_dir: str = unhashed("")
+    eval_batch: int = unhashed(8)
+    sample_images: int = unhashed(6)  # validation images whose predictions are kept for the report's figure
 
     def __post_init__(self) -> None:
         """Reject a config that cannot run before anything trains."""
