@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from groupnorm.data.scenes import SceneSpec
-from groupnorm.train.config import RunConfig, unhashed, slug
+from groupnorm.train.config import RunConfig, slug, unhashed
 
 __all__ = ["HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionConfig"]
 
