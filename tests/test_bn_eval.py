@@ -53,6 +53,24 @@ def test_batch_statistics_mode_normalises_each_batch_and_changes_nothing():
     assert not net.training and not net[1].training
 
 
+def test_evaluation_in_batch_statistics_mode_uses_the_batch_statistics():
+    """The diagnosis's evaluation keeps BN in training mode (a bug once evaluated it with running averages)."""
+    from groupnorm.train.classification import evaluate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), gnn.BatchNorm(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        net[1].running_mean.fill_(100.0)  # running averages that ruin an eval-mode forward
+    images = torch.randint(0, 256, (12, 1, 6, 6), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (12,))
+    loader = MemoryLoader(images, labels, 3, mean=(0.5,), std=(0.25,), train=False)
+    with batch_statistics_mode(net), torch.no_grad():
+        got = evaluate(net, loader, torch.device("cpu"), keep_modes=True)
+        want = torch.cat([torch.nn.functional.cross_entropy(net(x), y, reduction="none") for x, y in loader.epoch(0)])
+    assert abs(got["val_loss"] - want.mean().item()) < 1e-5
+    assert net[1].running_mean[0] == 100.0  # nothing updated
+
+
 def test_a_bn_run_records_why_it_fails_and_a_gn_run_does_not(tmp_path):
     kw = {"train_images": 256, "val_images": 128, "epochs": 1, "images_per_device": 2, "devices": 8, "width": 8,
           "threads": 1, "median_last": 1}  # fmt: skip

@@ -36,7 +36,7 @@ from groupnorm.train.records import Record
 
 __all__ = ["Cell", "build_report", "verdict"]
 
-SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", "devices")
+SETTING_KEYS = ("dataset", "model", "depth", "width", "train_images", "epochs", "batch_axis")
 BN_DIAGNOSIS = ("val_error_precise_bn", "val_error_batch_stats")  # groupnorm.train.bn_eval, in BN runs' results
 
 
@@ -62,15 +62,24 @@ class Cell(common.Cell):
         return round(sum(m["images_seen"] for m in r.metrics) / (self.images_per_device * self.devices))
 
 
+def _batch_axis(config: dict[str, Any]) -> str:
+    """What the grid holds fixed along the batch axis: the devices (the paper: 8 GPUs), or the images of one
+    optimiser step (a preset with reference_batch: more virtual devices at smaller B)."""
+    if config.get("reference_batch"):
+        return f"{config['images_per_device'] * config['devices']} images per step"
+    return f"{config['devices']} devices"
+
+
 def _setting_of(r: Record) -> tuple:
-    return tuple(r.config.get(k) for k in SETTING_KEYS)
+    values = {**r.config, "batch_axis": _batch_axis(r.config)}
+    return tuple(values.get(k) for k in SETTING_KEYS)
 
 
 def _setting_title(setting: tuple) -> str:
     s = dict(zip(SETTING_KEYS, setting, strict=True))
     model = f"ResNet-{s['depth']} (width {s['width']})" if s["model"] == "resnet" else s["model"]
     images = f"{s['train_images']} training images" if s["train_images"] else "all training images"
-    return f"{s['dataset']}, {model}, {images}, {s['epochs']} epochs, {s['devices']} devices"
+    return f"{s['dataset']}, {model}, {images}, {s['epochs']} epochs, {s['batch_axis']}"
 
 
 def _slug(setting: tuple) -> str:

@@ -51,10 +51,12 @@ def build_classifier(cfg: TrainConfig, num_classes: int, in_channels: int, devic
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 error (%) over the whole loader, summed over all processes; eval mode."""
+def evaluate(model: nn.Module, loader, device: torch.device, *, keep_modes: bool = False) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 error (%) over the whole loader, summed over all processes; in eval mode,
+    or (``keep_modes``) with each module's mode as it is (e.g. BN with batch statistics)."""
     was_training = model.training
-    model.eval()
+    if not keep_modes:
+        model.eval()
     loss_sum, wrong, wrong5, seen = 0.0, 0.0, 0.0, 0.0
     for x, y in loader.epoch(0):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -64,7 +66,8 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]
         wrong += (top[:, 0] != y).sum().item()
         wrong5 += (~(top == y[:, None]).any(1)).sum().item()
         seen += len(y)
-    model.train(was_training)
+    if not keep_modes:
+        model.train(was_training)
     loss_sum, wrong, wrong5, seen = distributed.all_reduce_sum([loss_sum, wrong, wrong5, seen], device)
     n = max(seen, 1)
     return {"val_loss": loss_sum / n, "val_error": 100.0 * wrong / n, "val_top5_error": 100.0 * wrong5 / n}
@@ -216,7 +219,8 @@ class ClassificationTask(Task[TrainConfig]):
         with precise_bn(model, self.loader("train", EVAL_BATCH, train=False), device):
             precise = evaluate(model, self.val_loader, device)
         with batch_statistics_mode(model):
-            batch = evaluate(model, self.loader("val", self.cfg.images_per_device, train=False), device)
+            val = self.loader("val", self.cfg.images_per_device, train=False)
+            batch = evaluate(model, val, device, keep_modes=True)
         return dict(zip(BN_DIAGNOSIS, (precise["val_error"], batch["val_error"]), strict=True))
 
     def log_line(self, entry: dict[str, Any]) -> str:
