@@ -93,7 +93,7 @@ def test_no_verdict_on_unconverged_runs_and_ties_said_as_ties(tmp_path):
     recs += [fake(tmp_path, "gn", 32, 0, 15.8), fake(tmp_path, "gn", 2, 0, 15.8)]
     text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
     assert "GN and BN tie" in text and "holds in part" in text
-    still_falling = [dict(m, val_error=20.0 - m["epoch"]) for m in recs[3].metrics]
+    still_falling = [dict(m, val_error=30.0 - 2 * m["epoch"]) for m in recs[3].metrics]
     recs[3] = Record(recs[3].run_dir, recs[3].config, still_falling, recs[3].result)
     text = "\n".join(verdict(cells_of(recs), "bn", "gn"))
     assert "No verdict on the paper's claims" in text and "did not converge" in text and "holds" not in text
@@ -114,7 +114,8 @@ def test_the_family_is_printed_beside_bn_and_gn_with_the_papers_batch_renorm(tmp
         rec = fake(exp, norm.replace(":", ""), b, 0, err)
         rec.run_dir.mkdir(parents=True)
         config = {**rec.config, "norm": norm, "experiment": "batch-sizes", "seed": 0, "base_lr": 0.1,
-                  "reference_batch": 32, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 1.0}  # fmt: skip
+                  "devices": 32 // b, "reference_batch": 32, "momentum": 0.9, "weight_decay": 1e-4,
+                  "warmup_epochs": 1.0}  # fmt: skip
         (rec.run_dir / "config.json").write_text(json.dumps(config))
         (rec.run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rec.metrics))
         (rec.run_dir / "result.json").write_text(json.dumps({**rec.result, "status": "finished"}))
