@@ -21,7 +21,7 @@ DEFAULT_EXPERIMENT = "batch-sizes"
 
 EPILOG = """\
 examples:
-  groupnorm reproduce                              the batch-size study, quick preset (~26 min on 2 cores)
+  groupnorm reproduce                              the batch-size study, quick preset (~19 min on 2 cores)
   groupnorm reproduce --preset smoke               the same, end to end in under 2 minutes
   groupnorm reproduce batch-sizes --preset full    the whole grid: 3 seeds, ResNet-8 and -20, CIFAR-10 if present
   groupnorm reproduce --set epochs=30 --set seeds=0,1,2
