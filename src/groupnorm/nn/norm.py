@@ -240,22 +240,28 @@ class BatchNorm(_BatchNorm):
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm: expected {self.num_features} channels (dim 1); got shape {tuple(x.shape)}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
+    def _statistics(self) -> tuple[Tensor | None, Tensor | None, bool, float]:
+        """(running mean, running var, whether to use batch statistics, momentum) for this forward, as torch's
+        _BatchNorm decides them (counting the step; momentum None is a cumulative average)."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
         use_running = not self.training and self.running_mean is not None
-        track = self.training and self.track_running_stats
+        keep = (self.training and self.track_running_stats) or use_running
+        return (self.running_mean if keep else None), (self.running_var if keep else None), not use_running, momentum
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        mean, var, batch_statistics, momentum = self._statistics()
         return F.batch_norm(
             x,
-            self.running_mean if (track or use_running) else None,
-            self.running_var if (track or use_running) else None,
+            mean,
+            var,
             self.weight,
             self.bias,
-            training=not use_running,
+            training=batch_statistics,
             momentum=momentum,
             eps=self.eps,
             devices=self.devices,

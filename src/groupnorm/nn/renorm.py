@@ -126,20 +126,14 @@ class BatchRenorm(BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                momentum = 1.0 / float(self.num_batches_tracked)
-        use_running = not self.training and self.running_mean is not None
-        track = self.training and self.track_running_stats
+        mean, var, batch_statistics, momentum = self._statistics()
         return F.batch_renorm(
             x,
-            self.running_mean if (track or use_running) else None,
-            self.running_var if (track or use_running) else None,
+            mean,
+            var,
             self.weight,
             self.bias,
-            training=not use_running,
+            training=batch_statistics,
             momentum=momentum,
             eps=self.eps,
             r_max=self.r_max,
