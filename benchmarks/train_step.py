@@ -1,13 +1,24 @@
-"""Training throughput of the batch-size study's engine, per norm, at 32 and 2 images per device x 8 devices.
+"""The reproduction's training speed against a plain eager PyTorch loop of the same model, in one run.
 
-    python benchmarks/train_step.py                  # ResNet-8 (width 16) on Fashion-MNIST, 1 thread
-    python benchmarks/train_step.py --threads 2 --depth 20
+    python benchmarks/train_step.py                      # BN and GN at 32 and 2 images per device, 1 thread
+    python benchmarks/train_step.py --threads 2 --rounds 7
 
-For each norm and per-device batch it times, over repeats, (a) getting the next batch from
-the in-memory loader (shuffle, crop, flip, normalise) and (b) the train step (forward,
-loss, backward, SGD step), and prints images/s and the share of wall time spent in the
-step (target: at least 90%, i.e. data never bottlenecks a CPU run). BN runs with 8
-virtual devices, as in the study. Medians over repeats.
+Both sides train the batch-size study's quick-preset model (ResNet-8, width 16, Fashion-MNIST) on
+batches of 32 images, as the preset does at every per-device batch B (32 / B virtual devices):
+
+    engine  the run engine's own code: the task's model as built for the run (groupnorm's layers,
+            channels-last), its optimiser and its train step (groupnorm.train.engine.train_step)
+            fed by the task's loader; BN takes statistics over each device's B images in one call.
+    plain   CifarResNet built from torch.nn modules only (nn.Conv2d, nn.BatchNorm2d or nn.GroupNorm,
+            nn.ReLU, nn.Linear), contiguous NCHW, torch.optim.SGD with its defaults, F.cross_entropy,
+            the same loader without channels-last. For BN each device's B images go through the model
+            on their own with gradients accumulated (what a per-device BN is in plain PyTorch); GN, which
+            does not depend on the batch, takes the 32 images at once.
+
+Rounds alternate engine and plain (load on a shared machine hits both alike); each round times
+``--steps`` steps including getting the batches; images/s are medians over rounds. The last line is
+``engine vs plain torch: min X.XXx, median Y.YYx`` over the (norm, B) cells (target: median >= 1.3x,
+min >= 1.0x). Threads: --threads for both (the sweep runs one run per core at 1 thread).
 """
 
 from __future__ import annotations
@@ -16,77 +27,127 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from groupnorm.data import MemoryLoader, load_image_data
-from groupnorm.models import build_model
+from groupnorm.data import MemoryLoader
+from groupnorm.experiments import batch_sizes
+from groupnorm.models.cifar_resnet import CifarResNet
+from groupnorm.train import distributed
+from groupnorm.train.config import TrainConfig
+from groupnorm.train.engine import make_optimizer, task_of, train_step
+
+TOTAL_BATCH = 32  # the quick preset's images per step at every per-device batch
 
 
-def measure(norm: str, per_device: int, devices: int, depth: int, steps: int, repeats: int, data) -> dict:
-    torch.manual_seed(0)
-    model = build_model("resnet", norm=norm, depth=depth, width=16, num_classes=10, in_channels=1, devices=devices)
-    model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    loader = MemoryLoader(data.train_images, data.train_labels, per_device * devices, mean=data.mean, std=data.std,
-                          train=True, augment=data.augment, seed=0, channels_last=True)  # fmt: skip
-    data_times, step_times = [], []
-    batches = loader.epoch(0)
-    for r in range(repeats + 1):  # the first round warms up
-        t_data = t_step = 0.0
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                batches = loader.epoch(r + 1)
-                x, y = next(batches)
-            t1 = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
+def quick_config(norm: str, per_device: int) -> TrainConfig:
+    """The batch-size quick preset's run of ``norm`` at ``per_device`` images per device (seed 0)."""
+    preset = batch_sizes.PRESETS["quick"]
+    for cfg in batch_sizes.configs(preset, log=lambda _: None):
+        if cfg.norm == norm and cfg.images_per_device == per_device:
+            return cfg
+    return next(c for c in batch_sizes.configs(preset, log=lambda _: None) if c.norm == norm).replace(
+        images_per_device=per_device, devices=TOTAL_BATCH // per_device
+    )
+
+
+def batches(loader) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def engine_runner(cfg: TrainConfig, runs_dir: Path) -> Callable[[int], None]:
+    """``run(k)``: k steps of the engine on the run ``cfg``, its batches included."""
+    ctx = distributed.setup()
+    task = task_of(cfg)(cfg, ctx, cfg.devices // ctx.world, runs_dir)
+    model = task.build().train()
+    opt = make_optimizer(task, model)
+    stream = batches(task.train_loader)
+
+    def run(k: int) -> None:
+        for step in range(k):
+            train_step(task, model, opt, next(stream), 0, step)
+
+    return run
+
+
+def plain_norm(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "bn":
+        return nn.BatchNorm2d
+    groups = int(norm.split(":")[1])
+    return lambda c: nn.GroupNorm(groups, c)
+
+
+def plain_runner(cfg: TrainConfig) -> Callable[[int], None]:
+    """``run(k)``: k steps of a plain eager loop of the same model from torch.nn modules."""
+    torch.manual_seed(cfg.seed)
+    model = CifarResNet(cfg.depth, cfg.width, 10, 1, plain_norm(cfg.norm)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    from groupnorm.data import load_image_data
+
+    data = load_image_data("fashion-mnist", cfg.train_images, cfg.val_images)
+    loader = MemoryLoader(data.train_images, data.train_labels, TOTAL_BATCH, mean=data.mean, std=data.std,
+                          train=True, augment=data.augment, seed=cfg.seed, channels_last=False)  # fmt: skip
+    stream = batches(loader)
+    chunks = cfg.devices if cfg.norm == "bn" else 1
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            x, y = next(stream)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for xs, ys in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
+                (F.cross_entropy(model(xs), ys) / chunks).backward()
             opt.step()
-            t2 = time.perf_counter()
-            t_data, t_step = t_data + t1 - t0, t_step + t2 - t1
-        if r:
-            data_times.append(t_data)
-            step_times.append(t_step)
-    data_t, step_t = statistics.median(data_times), statistics.median(step_times)
-    images = steps * per_device * devices
-    return {
-        "images_per_s": images / (data_t + step_t),
-        "step_share": step_t / (data_t + step_t),
-        "ms_per_step": 1e3 * step_t / steps,
-    }
+
+    return run
+
+
+def images_per_second(runners: dict[str, Callable[[int], None]], steps: int, rounds: int) -> dict[str, float]:
+    for run in runners.values():
+        run(2)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(steps)
+            times[name].append(time.perf_counter() - t0)
+    return {name: steps * TOTAL_BATCH / statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the sweep runs 1 per job)")
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--norms", nargs="+", default=["bn", "gn:8", "ln", "in"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1)")
+    parser.add_argument("--norms", nargs="+", default=["bn", "gn:8"])
     parser.add_argument("--per-device", nargs="+", type=int, default=[32, 2])
-    parser.add_argument("--devices", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--images", type=int, default=3000, help="images per timed round (default 3000)")
+    parser.add_argument("--steps", type=int, default=30, help="steps of 32 images per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", default="/tmp/groupnorm-bench-runs", help="runs directory the engine may read")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_image_data("fashion-mnist", 20000)
-    print(f"ResNet-{args.depth} width 16, Fashion-MNIST, {args.devices} virtual devices, threads={args.threads}, "
-          f"median of {args.repeats} rounds of ~{args.images} images")  # fmt: skip
-    print(f"{'norm':<8} {'img/device':>10} {'batch':>6} {'images/s':>9} {'ms/step':>8} {'step share':>11}")
-    shares = []
+    print(f"batch-size quick preset's ResNet-8 (width 16), Fashion-MNIST, {TOTAL_BATCH} images per step, "
+          f"threads={args.threads}, median of {args.rounds} rounds of {args.steps} steps; "
+          f"torch {torch.__version__}")  # fmt: skip
+    print(f"{'norm':<6} {'img/device':>10} {'devices':>8} {'engine img/s':>13} {'plain img/s':>12} {'ratio':>7}")
+    ratios = []
     for per_device in args.per_device:
         for norm in args.norms:
-            steps = max(5, args.images // (per_device * args.devices))
-            r = measure(norm, per_device, args.devices, args.depth, steps, args.repeats, data)
-            shares.append(r["step_share"])
-            print(f"{norm:<8} {per_device:>10} {per_device * args.devices:>6} {r['images_per_s']:>9.0f} "
-                  f"{r['ms_per_step']:>8.2f} {100 * r['step_share']:>10.1f}%")  # fmt: skip
-    print(f"\ntrain step share of wall time: min {100 * min(shares):.1f}% (target >= 90%)")
+            cfg = quick_config(norm, per_device)
+            speed = images_per_second(
+                {"engine": engine_runner(cfg, Path(args.runs)), "plain": plain_runner(cfg)}, args.steps, args.rounds
+            )
+            ratio = speed["engine"] / speed["plain"]
+            ratios.append(ratio)
+            print(f"{norm:<6} {per_device:>10} {cfg.devices:>8} {speed['engine']:>13.0f} {speed['plain']:>12.0f} "
+                  f"{ratio:>6.2f}x", flush=True)  # fmt: skip
+    print(f"engine vs plain torch: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ paper); gradients against autograd through the reference.
 """
 
 import math
+import platform
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +111,37 @@ def test_cpu_kernels_large_mean_small_spread(fmt):
         xd = x.double().requires_grad_()
         reference_act(xd, 32, w.double(), b.double(), "silu").backward(dy.double())
         assert rel_err(dx, xd.grad) < 1e-3  # the float32 mean saved for backward limits this
+
+
+def _adversarial(kind: str, dtype: torch.dtype, fmt) -> torch.Tensor:
+    """Inputs that break naive float32 statistics; 40 x 40 positions: several pieces of rows per sample."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 40, 40, generator=g, dtype=torch.float64)
+    if kind == "offset":  # offset 1e4, scale 300 (the issue's case)
+        x = 1e4 + 300 * x
+    elif kind == "outlier-first":  # tiny spread around 1e4 and an outlier where the shift is taken
+        x = 1e4 + x
+        x[:, :, 0, 0] += 1000
+    elif kind == "channel-means":  # the channels of a group far apart, each with a small spread
+        x = x + 1e4 * torch.arange(32, dtype=torch.float64).view(1, 32, 1, 1)
+    return x.to(dtype).contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("kind", ["offset", "outlier-first", "channel-means"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_cpu_kernels_adversarial_inputs_within_1e3_of_float64(kind, dtype, fmt):
+    x = _adversarial(kind, dtype, fmt)
+    w, b = torch.randn(32), torch.randn(32)
+    for mode in ("tasks", "split"):
+        y, _, rstd = cpu.forward(x, w, b, 8, 1e-5, "silu", mode=mode)
+        ref = reference_act(x.double(), 8, w.double(), b.double(), "silu")
+        # bfloat16 output rounds to 8 bits; float32 to within 1e-3 of float64
+        assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-3), (kind, mode)
+        # the statistics to float32 precision: where a one-pass shifted sum would lose bits to cancellation
+        # (the outlier is the shift), the kernels sum again around the mean (1e-4 here without that)
+        xs = x.double().reshape(2, 8, -1)
+        torch.testing.assert_close(rstd.double(), torch.rsqrt(xs.var(-1, correction=0) + 1e-5), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
@@ -356,6 +389,36 @@ def test_build_is_cached_and_reused(monkeypatch, tmp_path, capfd):
     assert cpu.available()
     assert capfd.readouterr().err == ""  # nothing on later loads
     assert cpu.build_info()["path"] == first["path"] and cpu.build_info()["build_seconds"] == 0
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 -march levels")
+def test_avx2_build_is_its_own_library_and_agrees(monkeypatch):
+    # AVX-512 and AVX2 machines share a cache: each -march is a library of its own; the AVX2 code
+    # (what an AMD EPYC runs) is checked here on any x86-64 CPU that can run it
+    if "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU cannot run AVX2 code")
+    x = (torch.randn(2, 48, 9, 11) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    w, b, dy = torch.randn(48), torch.randn(48), torch.randn(2, 48, 9, 11)
+    native = cpu.forward(x, w, b, 6, 1e-5, "silu")
+    native_path = cpu.build_info()["path"]
+    _reset_cpu_library(monkeypatch)
+    monkeypatch.setenv("GROUPNORM_CPU_ARCH", "x86-64-v3")
+    assert cpu.available(), cpu.build_info()
+    info = cpu.build_info()
+    assert info["arch"] == "x86-64-v3" and info["vector_bits"] == 256 and info["path"] != native_path
+    y, mean, rstd = cpu.forward(x, w, b, 6, 1e-5, "silu")
+    for got, want in zip((y, mean, rstd), native, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    dx, _, _ = cpu.backward(dy, x, w, b, mean, rstd, 6, "silu")
+    xd = x.double().requires_grad_()
+    reference_act(xd, 6, w.double(), b.double(), "silu").backward(dy.double())
+    assert rel_err(dx, xd.grad) < 5 * TOL[torch.float32]
+
+
+def test_cpu_arch_is_checked(monkeypatch):
+    monkeypatch.setenv("GROUPNORM_CPU_ARCH", "native; rm -rf /")
+    with pytest.raises(ValueError, match="GROUPNORM_CPU_ARCH"):
+        cpu.target_arch()
 
 
 def test_empty_inputs():

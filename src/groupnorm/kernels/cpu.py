@@ -1,13 +1,17 @@
 """The CPU kernels: cpu.cpp, built at first use with the system C++ compiler, called through ctypes.
 
-The library is compiled once per machine (``-O3 -march=native -fopenmp``, about 5 s) into
-``groupnorm.io.cache_dir() / "kernels"`` and loaded from there afterwards; the build prints one
-line to stderr. It includes no
-torch header, so the build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``), and
-it links libgomp by soname, so its OpenMP threads are the ones torch already runs.
+The library is compiled for the CPU it runs on (``-O3 -march=native -fopenmp``, about 5 s) into
+``groupnorm.io.cache_dir() / "kernels"``, under a name that hashes the source, the compiler, the
+flags and this CPU's model and feature flags, so a cache shared by AVX2 and AVX-512 machines holds
+one build for each and every machine loads its own: the dispatch on the CPU's features happens when
+the library is loaded, not when the package is installed. The build prints one line to stderr. It
+includes no torch header, so it needs only a C++ compiler (``$CXX``, else ``c++``/``g++``), and it
+links libgomp by soname, so its OpenMP threads are the ones torch already runs.
 
-Set ``GROUPNORM_CPU_KERNELS=0`` to turn the kernels off (torch's native GroupNorm is then
-used, as when the build fails; a failure is reported once, as a warning).
+``GROUPNORM_CPU_ARCH`` (default ``native``) builds for another ``-march``, e.g. ``x86-64-v3`` (AVX2)
+on an AVX-512 machine, to measure that code path (benchmarks/kernels.py --arch). Set
+``GROUPNORM_CPU_KERNELS=0`` to turn the kernels off (torch's native GroupNorm is then used, as when
+the build fails; a failure is reported once, as a warning).
 """
 
 from __future__ import annotations
@@ -34,15 +38,13 @@ from groupnorm.kernels._common import memory_format_of
 
 __all__ = ["available", "backward", "build_info", "forward", "load", "supports"]
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 SOURCE = Path(__file__).with_name("cpu.cpp")
 ACTS = {"identity": 0, "relu": 1, "silu": 2}
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # Samples are processed in waves of at most this many bytes of input per thread, so that the
 # output pass finds them still in the L2 cache (2 MB per core where this was measured).
 WAVE_BYTES_PER_THREAD = 1 << 20
-# In channels-last tasks each row of a task's block of channels is at least this wide.
-ROW_BYTES = 1024
 MODES = {"auto": 0, "tasks": 1, "split": 2}
 
 _lock = threading.Lock()
@@ -58,8 +60,17 @@ def _compiler() -> str | None:
     return None
 
 
+def target_arch() -> str:
+    """The -march the library is built for: this CPU's (``native``), or ``GROUPNORM_CPU_ARCH`` (e.g.
+    ``x86-64-v3``, AVX2 without AVX-512), so an AVX-512 machine can build and measure the AVX2 code too."""
+    arch = os.environ.get("GROUPNORM_CPU_ARCH", "native").strip() or "native"
+    if not all(ch.isalnum() or ch in "-_." for ch in arch):
+        raise ValueError(f"GROUPNORM_CPU_ARCH must be a -march name such as native or x86-64-v3; got {arch!r}")
+    return arch
+
+
 def _flags() -> list[str]:
-    flags = ["-std=c++17", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    flags = ["-std=c++17", "-O3", f"-march={target_arch()}", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append("-mprefer-vector-width=512")  # no effect without AVX-512
     return [*flags, "-fPIC", "-shared"]
@@ -106,10 +117,12 @@ def _bind(lib: ctypes.CDLL) -> None:
     p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     lib.gn_abi_version.restype = i32
     lib.gn_abi_version.argtypes = []
+    lib.gn_vector_bits.restype = i32
+    lib.gn_vector_bits.argtypes = []
     lib.gn_forward.restype = i32
-    lib.gn_forward.argtypes = [i32, i32, i32, p, p, p, i64, i64, i64, i64, f64, p, p, p, i32, i32, i64, i64]
+    lib.gn_forward.argtypes = [i32, i32, i32, p, p, p, i64, i64, i64, i64, f64, p, p, p, i32, i32, i64]
     lib.gn_backward.restype = i32
-    lib.gn_backward.argtypes = [i32, i32, i32, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p, i32, i32, i64, i64]
+    lib.gn_backward.argtypes = [i32, i32, i32, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p, i32, i32, i64]
 
 
 def load() -> ctypes.CDLL | None:
@@ -148,7 +161,9 @@ def _load() -> ctypes.CDLL:
     _bind(lib)
     if lib.gn_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {lib.gn_abi_version()}, expected {ABI_VERSION}")
-    _info.update(path=str(path), compiler=compiler, build_seconds=built)
+    _info.update(
+        path=str(path), compiler=compiler, build_seconds=built, arch=target_arch(), vector_bits=lib.gn_vector_bits()
+    )
     return lib
 
 
@@ -158,7 +173,8 @@ def available() -> bool:
 
 
 def build_info() -> dict[str, object]:
-    """Where the library is, which compiler built it, and how long this process spent building it."""
+    """Where the library is, which compiler built it for which -march (``arch``) and widest vectors
+    (``vector_bits``: 512 with AVX-512, 256 with AVX2, 128 otherwise), and this process's build seconds."""
     load()
     return dict(_info) if _lib is not None else {"error": _error}
 
@@ -180,12 +196,12 @@ def _params(weight: Tensor | None, bias: Tensor | None, c: int) -> tuple[Tensor,
     return w, b
 
 
-def _tuning(mode: str) -> tuple[int, int, int, int]:
-    """(threads, mode code, wave bytes, row bytes) for a call, with torch's number of threads."""
+def _tuning(mode: str) -> tuple[int, int, int]:
+    """(threads, mode code, wave bytes) for a call, with torch's number of threads."""
     if mode not in MODES:
         raise ValueError(f"groupnorm CPU kernels: mode must be one of {sorted(MODES)}; got {mode!r}")
     threads = max(1, torch.get_num_threads())
-    return threads, MODES[mode], threads * WAVE_BYTES_PER_THREAD, ROW_BYTES
+    return threads, MODES[mode], threads * WAVE_BYTES_PER_THREAD
 
 
 def forward(
@@ -200,8 +216,9 @@ def forward(
     """y = act(GN(x)), and the per-(sample, group) mean and 1/std, (N, G) float32.
 
     x: (N, C, *) float32 or bfloat16 on the CPU, checked by the caller; y keeps its memory format.
-    ``mode``: ``"tasks"`` (a thread per block of groups), ``"split"`` (groups split over threads)
-    or ``"auto"`` (tasks when there are at least two per thread); for tests and tuning.
+    ``mode`` (NCHW; channels-last inputs have one plan): ``"tasks"`` (a thread per group),
+    ``"split"`` (groups split over threads) or ``"auto"`` (tasks when there are at least two per
+    thread); for tests and tuning.
     """
     lib = load()
     if lib is None:
@@ -213,10 +230,10 @@ def forward(
     mean = x.new_empty((n, num_groups), dtype=torch.float32)
     rstd = torch.empty_like(mean)
     w, b = _params(weight, bias, c)
-    threads, code, wave, row = _tuning(mode)
+    threads, code, wave = _tuning(mode)
     rc = lib.gn_forward(
         DTYPES[x.dtype], layout, ACTS[act], xc.data_ptr(), w.data_ptr(), b.data_ptr(), n, c, s, num_groups,
-        float(eps), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), threads, code, wave, row,
+        float(eps), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), threads, code, wave,
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"groupnorm CPU forward kernel failed with code {rc} for x of shape {tuple(x.shape)}")
@@ -251,11 +268,11 @@ def backward(
     w, b = _params(weight, bias, c)
     mean = mean.to(torch.float32).contiguous()
     rstd = rstd.to(torch.float32).contiguous()
-    threads, code, wave, row = _tuning(mode)
+    threads, code, wave = _tuning(mode)
     rc = lib.gn_backward(
         DTYPES[x.dtype], layout, ACTS[act], dyc.data_ptr(), xc.data_ptr(), w.data_ptr(), b.data_ptr(),
         mean.data_ptr(), rstd.data_ptr(), n, c, s, num_groups, dx.data_ptr(), dw.data_ptr(), db.data_ptr(),
-        threads, code, wave, row,
+        threads, code, wave,
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"groupnorm CPU backward kernel failed with code {rc} for x of shape {tuple(x.shape)}")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from groupnorm.convert import set_renorm_limits
 from groupnorm.nn.renorm import BatchRenorm
@@ -38,7 +38,7 @@ from groupnorm.train.records import RunLock
 from groupnorm.train.schedule import lr_at
 from groupnorm.train.task import Task
 
-__all__ = ["TASKS", "check_configs", "run_cost", "run_dir_of", "task_of", "train_run"]
+__all__ = ["TASKS", "check_configs", "make_optimizer", "run_cost", "run_dir_of", "task_of", "train_run", "train_step"]
 
 # config type -> task; filled by the task modules (groupnorm.train.__init__ imports them all)
 TASKS: dict[type, type[Task]] = {}
@@ -144,10 +144,25 @@ def _average_bn_buffers(model: nn.Module, world: int) -> None:
                 buf.div_(world)
 
 
+def make_optimizer(task: Task, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimiser: SGD with momentum over the task's parameter groups (foreach: one kernel per
+    group and op instead of one per parameter)."""
+    return torch.optim.SGD(task.param_groups(model), lr=task.cfg.lr, momentum=task.cfg.momentum, foreach=True)
+
+
+def train_step(task: Task, net: nn.Module, opt: torch.optim.Optimizer, batch: Any, epoch: int, step: int) -> Tensor:
+    """One optimiser step on ``batch``: the task's loss, backward, SGD; returns the task's stats of the batch."""
+    loss, stats = task.step(net, batch, epoch, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return stats
+
+
 def _train(task: Task, run_dir: Path, log: Callable[[str], None], progress: bool | None) -> dict[str, Any]:
     cfg, ctx = task.cfg, task.ctx
     model = task.build()
-    opt = torch.optim.SGD(task.param_groups(model), lr=cfg.lr, momentum=cfg.momentum)
+    opt = make_optimizer(task, model)
     n_stats = len(task.stats)
     fresh_accum = lambda: torch.zeros(n_stats, dtype=torch.float64)  # noqa: E731
     state: dict[str, Any] = {"epoch": 0, "step": 0, "metrics": [], "seconds": 0.0, "accum": fresh_accum()}
@@ -200,11 +215,7 @@ def _train(task: Task, run_dir: Path, log: Callable[[str], None], progress: bool
                 group["lr"] = lr
             if renorm:  # the paper's ramp scaled to the run (a pure function of the step: resumes exactly)
                 set_renorm_limits(model, epoch * steps + step, cfg.epochs * steps)
-            loss, stats = task.step(net, batch, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            accum += stats
+            accum += train_step(task, net, opt, batch, epoch, step)
             task.after_step(model, epoch * steps + step + 1)
             if bar is not None:
                 bar.update(1)
