@@ -298,9 +298,10 @@ def test_batch_norm_depends_on_the_batch_within_a_device_only():
     torch.testing.assert_close(y[2:4], y2[2:4], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_batch_norm_devices_half_precision(dtype):
-    x = torch.randn(8, 6, 5, 5).to(dtype).requires_grad_()
+def test_batch_norm_devices_half_precision(dtype, fmt):
+    x = torch.randn(8, 6, 5, 5).to(dtype).contiguous(memory_format=fmt).requires_grad_()
     w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
     rm, rv = torch.zeros(6), torch.ones(6)
     y = F.batch_norm(x, rm, rv, w, b, training=True, devices=4)
@@ -308,6 +309,30 @@ def test_batch_norm_devices_half_precision(dtype):
     assert rel_err(y, R.batch_norm(x, w, b, devices=4)) < TOL[dtype]
     y.float().sum().backward()
     assert x.grad.dtype == dtype and w.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("shape", "fmt", "devices"),
+    [((8, 6, 5, 5), torch.channels_last, 4), ((4, 6, 3, 4, 5), torch.channels_last_3d, 2), ((4, 6, 5, 5), None, 4)],
+)
+def test_per_device_batch_norm_is_one_kernel_call(monkeypatch, shape, fmt, devices):
+    """Channels-last per-device BN (and one sample per device) is GroupNorm with one channel per group
+    over a view of x: one call of the CPU kernel, not a loop over devices."""
+    calls = []
+    real = F.kernels.group_norm_act
+    monkeypatch.setattr(F.kernels, "group_norm_act", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(shape)
+    x = x.contiguous(memory_format=fmt) if fmt is not None else x
+    x.requires_grad_()
+    w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    rm, rv = torch.zeros(6), torch.ones(6)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, devices=devices)
+    assert calls == [(devices, 6, x.numel() // (6 * devices), 1)]
+    assert y.is_contiguous(memory_format=fmt or torch.contiguous_format)
+    assert rel_err(y, R.batch_norm(x.detach(), w.detach(), b.detach(), devices=devices)) < 1e-5
+    em, ev = R.batch_norm_running_update(x.detach(), torch.zeros(6), torch.ones(6), 0.1, devices=devices)
+    torch.testing.assert_close(rm, em.float())
+    torch.testing.assert_close(rv, ev.float())
 
 
 def test_gradcheck_batch_norm_devices():

@@ -13,6 +13,7 @@ activation (:func:`group_norm_act`) runs groupnorm's own kernels (groupnorm.kern
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -323,6 +324,24 @@ def instance_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None =
 # batch norm with per-device statistics
 
 
+def _per_device_view(x: Tensor, devices: int) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
+    """x as (devices, C, values per device, 1), the layout in which per-device BN is GroupNorm with one
+    channel per group, and the map of such a tensor back to x's shape; where that is a view of x (x
+    channels-last, or one sample per device) and the CPU kernels take x. Else None."""
+    if x.dim() < 3 or x.device.type != "cpu" or kernels.backend_for(x) != "cpu":
+        return None
+    n, c = x.shape[:2]
+    if memory_format_of(x) in _CPU_KERNEL_FORMATS:  # (N, *S, C) in memory: blocks of N/devices samples
+        last = x.permute(0, *range(2, x.dim()), 1)
+        order = (0, x.dim() - 1, *range(1, x.dim() - 1))
+        return last.reshape(devices, -1, c).permute(0, 2, 1).unsqueeze(-1), (
+            lambda y: y.squeeze(-1).permute(0, 2, 1).reshape(last.shape).permute(order)
+        )
+    if devices == n and x.is_contiguous():  # one sample per device: per-sample, per-channel statistics
+        return x.reshape(n, c, -1, 1), (lambda y: y.reshape(x.shape))
+    return None
+
+
 class _PerDeviceBatchNorm(torch.autograd.Function):
     """Training-mode BN with statistics over each of ``devices`` contiguous blocks of the batch.
 
@@ -531,9 +550,14 @@ def batch_norm(
                 _update_running(running_mean, mean, momentum)
                 _update_running(running_var, var, momentum)
         return y
-    if devices == 1:
+    kernel_view = None if devices == 1 or _traced() else _per_device_view(x, devices)
+    if kernel_view is not None:  # per-device BN as GroupNorm with one channel per group: one kernel call
+        view, back = kernel_view
+        y, mean, invstd = kernels.group_norm_act(view, weight, bias, c, eps, "identity")
+        y, var = back(y), invstd.double().pow(-2) - eps
+    elif devices == 1:
         return torch.batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps, False)
-    if _traced():
+    elif _traced():
         y, mean, var = _per_device_batch_norm_composite(x, weight, bias, devices, eps)
     else:
         y, mean, invstd = _PerDeviceBatchNorm.apply(x, weight, bias, devices, eps)
