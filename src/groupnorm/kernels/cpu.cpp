@@ -561,9 +561,9 @@ inline void shifted_sums(const typename L::T* xs, int64_t C, int64_t rows, const
 // Mean and sum of squared deviations of channel c of a sample (S rows C apart) from its shifted
 // sums (float64); summed again around the mean where the shift k was an outlier of the channel.
 template <class L>
-inline void channel_moments(const typename L::T* xs, int64_t C, int64_t S, int64_t c, float k, double s1, double s2,
-                            double& mean, double& m2) {
-  const double n = double(S), inv = 1.0 / n, shift2 = s1 * s1 * inv;
+inline void channel_moments(const typename L::T* xs, int64_t C, int64_t S, double inv, int64_t c, float k, double s1,
+                            double s2, double& mean, double& m2) {
+  const double shift2 = s1 * s1 * inv;  // inv = 1 / S
   mean = double(k) + s1 * inv;
   m2 = s2 - shift2;
   if (shift2 > kMaxCancel * m2 && shift2 > 0.0) {
@@ -623,6 +623,7 @@ void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_
                   int64_t budget) {
   const int64_t D = C / G, R = std::min(S, kRowsPerPiece);
   const int64_t pps = (S + R - 1) / R;  // pieces per sample
+  const double inv_s = 1.0 / double(S);
   const int64_t wave = std::min(N, samples_per_wave(C * S * int64_t(sizeof(typename L::T)), budget));
   std::vector<float> ps1(size_t(wave * pps * C)), ps2(ps1.size());  // per piece and channel
   std::vector<float> hi(size_t(wave * C)), sc(hi.size()), sh(hi.size());
@@ -639,7 +640,10 @@ void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_
     for (int64_t grp = n0 * G; grp < n1 * G; ++grp) {
       const int64_t n = grp / G, g = grp % G;
       const typename L::T* xs = x + n * S * C;
-      Moments m;
+      // The channels have equal counts S, so the group's mean is the mean of theirs and its sum of
+      // squared deviations sum(M2_c) + S sum((mean_c - mean)^2): the deviations are summed from the
+      // first channel's mean (no division per channel, no cancellation between distant means).
+      double ref = 0.0, sd = 0.0, sd2 = 0.0, sm2 = 0.0;
       for (int64_t c = g * D; c < (g + 1) * D; ++c) {
         double s1 = 0.0, s2 = 0.0;
         for (int64_t q = 0; q < pps; ++q) {
@@ -648,14 +652,20 @@ void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_
           s2 += double(ps2[i]);
         }
         double mc, m2c;
-        channel_moments<L>(xs, C, S, c, L::load(xs, c), s1, s2, mc, m2c);
-        m.merge(double(S), mc, m2c);
+        channel_moments<L>(xs, C, S, inv_s, c, L::load(xs, c), s1, s2, mc, m2c);
+        if (c == g * D) ref = mc;
+        const double d = mc - ref;
+        sd += d;
+        sd2 += d * d;
+        sm2 += m2c;
       }
-      const double var = m.n > 0 ? std::max(0.0, m.m2 / m.n) : 0.0;
+      const double dmean = sd / double(D), group_mean = ref + dmean;
+      const double m2 = sm2 + double(S) * std::max(0.0, sd2 - sd * dmean);
+      const double var = std::max(0.0, m2 / (double(S) * double(D)));
       const double rstd = 1.0 / std::sqrt(var + eps);
-      mean_out[grp] = float(m.mean);
+      mean_out[grp] = float(group_mean);
       rstd_out[grp] = float(rstd);
-      const SplitMean mu = SplitMean::of(m.mean);
+      const SplitMean mu = SplitMean::of(group_mean);
       for (int64_t c = g * D; c < (g + 1) * D; ++c) {
         const size_t i = size_t((n - n0) * C + c);
         hi[i] = mu.hi;
