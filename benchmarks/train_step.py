@@ -8,7 +8,9 @@ batches of 32 images, as the preset does at every per-device batch B (32 / B vir
 
     engine  the run engine's own code: the task's model as built for the run (groupnorm's layers,
             channels-last), its optimiser and its train step (groupnorm.train.engine.train_step)
-            fed by the task's loader; BN takes statistics over each device's B images in one call.
+            fed by the task's loader; BN takes statistics over each device's B images in one call;
+            under torch.compile where the engine compiles (``--compile``, default the preset's auto:
+            BN, FRN and EvoNorm-S0, groupnorm.train.engine.COMPILE_PAYS), compiled in the warm-up.
     plain   CifarResNet built from torch.nn modules only (nn.Conv2d, nn.BatchNorm2d or nn.GroupNorm,
             nn.ReLU, nn.Linear), contiguous NCHW, torch.optim.SGD with its defaults, F.cross_entropy,
             the same loader without channels-last. For BN each device's B images go through the model
@@ -41,7 +43,7 @@ from groupnorm.experiments import batch_sizes
 from groupnorm.models.cifar_resnet import CifarResNet
 from groupnorm.train import distributed
 from groupnorm.train.config import TrainConfig
-from groupnorm.train.engine import make_optimizer, task_of, train_step
+from groupnorm.train.engine import compiles, make_optimizer, task_of, train_step, training_net
 
 TOTAL_BATCH = 32  # the quick preset's images per step at every per-device batch
 
@@ -70,12 +72,14 @@ def engine_runner(cfg: TrainConfig, runs_dir: Path) -> Callable[[int], None]:
     task = task_of(cfg)(cfg, ctx, cfg.devices // ctx.world, runs_dir)
     model = task.build().train()
     opt = make_optimizer(task, model)
+    net = training_net(task, model)  # compiled where the engine compiles (torch_compile)
     stream = batches(task.train_loader)
 
     def run(k: int) -> None:
         for step in range(k):
-            train_step(task, model, opt, next(stream), 0, step)
+            train_step(task, net, opt, next(stream), 0, step)
 
+    run.compiled = compiles(task)  # type: ignore[attr-defined]
     return run
 
 
@@ -112,7 +116,7 @@ def plain_runner(cfg: TrainConfig) -> Callable[[int], None]:
 
 def images_per_second(runners: dict[str, Callable[[int], None]], steps: int, rounds: int) -> dict[str, float]:
     for run in runners.values():
-        run(2)  # warm-up
+        run(3)  # warm-up (and torch.compile's compilation)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
@@ -129,23 +133,26 @@ def main() -> None:
     parser.add_argument("--per-device", nargs="+", type=int, default=[32, 2])
     parser.add_argument("--steps", type=int, default=30, help="steps of 32 images per timed round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="the engine's torch_compile (default: the preset's, auto)")  # fmt: skip
     parser.add_argument("--runs", default="/tmp/groupnorm-bench-runs", help="runs directory the engine may read")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"batch-size quick preset's ResNet-8 (width 16), Fashion-MNIST, {TOTAL_BATCH} images per step, "
           f"threads={args.threads}, median of {args.rounds} rounds of {args.steps} steps; "
-          f"torch {torch.__version__}")  # fmt: skip
-    print(f"{'norm':<6} {'img/device':>10} {'devices':>8} {'engine img/s':>13} {'plain img/s':>12} {'ratio':>7}")
+          f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
+    print(f"{'norm':<6} {'img/device':>10} {'devices':>8} {'compiled':>8} {'engine img/s':>13} {'plain img/s':>12} "
+          f"{'ratio':>7}")  # fmt: skip
     ratios = []
     for per_device in args.per_device:
         for norm in args.norms:
-            cfg = quick_config(norm, per_device)
-            speed = images_per_second(
-                {"engine": engine_runner(cfg, Path(args.runs)), "plain": plain_runner(cfg)}, args.steps, args.rounds
-            )
+            cfg = quick_config(norm, per_device).replace(torch_compile=args.compile)
+            engine = engine_runner(cfg, Path(args.runs))
+            speed = images_per_second({"engine": engine, "plain": plain_runner(cfg)}, args.steps, args.rounds)
             ratio = speed["engine"] / speed["plain"]
             ratios.append(ratio)
-            print(f"{norm:<6} {per_device:>10} {cfg.devices:>8} {speed['engine']:>13.0f} {speed['plain']:>12.0f} "
+            print(f"{norm:<6} {per_device:>10} {cfg.devices:>8} {'yes' if engine.compiled else 'no':>8} "
+                  f"{speed['engine']:>13.0f} {speed['plain']:>12.0f} "
                   f"{ratio:>6.2f}x", flush=True)  # fmt: skip
     print(f"engine vs plain torch: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x")
 

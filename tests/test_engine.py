@@ -234,3 +234,36 @@ def test_batch_renorm_follows_the_ramp_over_the_run(tmp_path, monkeypatch):
     per_step = seen[::layers]
     assert per_step[0] == (1.0, 0.0) and per_step[-1] == (3.0, 5.0)
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(per_step))  # r_max never falls
+
+
+@pytest.mark.parametrize(
+    ("norm", "mode", "expected"),
+    [("bn", "auto", True), ("frn", "auto", True), ("evonorm-s0:2", "auto", True), ("gn:2", "auto", False),
+     ("brn", "auto", False), ("bn:sync", "auto", False), ("gn:2", "on", True), ("bn", "off", False)],
+)  # fmt: skip
+def test_the_engine_compiles_where_it_was_measured_to_pay(tmp_path, norm, mode, expected):
+    from groupnorm.train import distributed
+    from groupnorm.train.engine import compiles, task_of
+
+    cfg = TrainConfig(**{**TINY, "norm": norm, "torch_compile": mode})
+    assert compiles(task_of(cfg)(cfg, distributed.setup(), cfg.devices, tmp_path)) is expected
+    video = VideoConfig(**{**KINDS["video"][0], "norm": norm, "torch_compile": mode})
+    assert compiles(task_of(video)(video, distributed.setup(), video.devices, tmp_path)) is (mode == "on")
+
+
+def test_torch_compile_is_checked_and_not_part_of_the_run_id():
+    with pytest.raises(ValueError, match="torch_compile must be 'off', 'on' or 'auto'; got 'yes'"):
+        TrainConfig(**TINY, torch_compile="yes")
+    assert TrainConfig(**TINY, torch_compile="on").id == TrainConfig(**TINY).id
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
+    """Per-device BN under torch.compile: the same losses to float rounding, running statistics included."""
+    settings = {**TINY, "epochs": 1, "norm": "bn", "threads": 1}
+    eager = train_run(TrainConfig(**settings), tmp_path / "eager", log=lambda m: None)
+    compiled = train_run(TrainConfig(**settings, torch_compile="on"), tmp_path / "compiled", log=lambda m: None)
+    (a,), (b,) = (load_records(tmp_path / d / "train")[0].metrics for d in ("eager", "compiled"))
+    assert compiled["status"] == eager["status"] == "finished"
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)  # through the running statistics

@@ -356,7 +356,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     _reset_cpu_library(monkeypatch)
     monkeypatch.setenv("GROUPNORM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    monkeypatch.setattr(cpu, "_compiler", lambda: "/bin/false")
+    monkeypatch.setattr(cpu, "compiler", lambda: "/bin/false")
     with pytest.warns(RuntimeWarning, match="unavailable .*falling back to torch's native kernels"):
         assert not cpu.available()
     with warnings.catch_warnings():

@@ -36,7 +36,7 @@ from torch import Tensor
 from groupnorm.io import cache_dir
 from groupnorm.kernels._common import memory_format_of
 
-__all__ = ["available", "backward", "build_info", "forward", "load", "supports"]
+__all__ = ["available", "backward", "build_info", "compiler", "forward", "load", "supports"]
 
 ABI_VERSION = 3
 SOURCE = Path(__file__).with_name("cpu.cpp")
@@ -53,7 +53,8 @@ _error: str | None = None
 _info: dict[str, object] = {}
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C++ compiler the kernels (and torch.compile's inductor) build with: ``$CXX``, else c++/g++/clang++."""
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):
             return shutil.which(name)
@@ -149,20 +150,20 @@ def load() -> ctypes.CDLL | None:
 def _load() -> ctypes.CDLL:
     if os.environ.get("GROUPNORM_CPU_KERNELS", "1") == "0":
         raise RuntimeError("turned off by GROUPNORM_CPU_KERNELS=0")
-    compiler = _compiler()
-    if compiler is None:
+    cxx = compiler()
+    if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    path = _library_path(compiler)
+    path = _library_path(cxx)
     built = 0.0
     if not path.exists():
         print(f"groupnorm: building the CPU GroupNorm kernels (first use, about 5 s) into {path}", file=sys.stderr)
-        built = _build(compiler, path)
+        built = _build(cxx, path)
     lib = ctypes.CDLL(str(path))
     _bind(lib)
     if lib.gn_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {lib.gn_abi_version()}, expected {ABI_VERSION}")
     _info.update(
-        path=str(path), compiler=compiler, build_seconds=built, arch=target_arch(), vector_bits=lib.gn_vector_bits()
+        path=str(path), compiler=cxx, build_seconds=built, arch=target_arch(), vector_bits=lib.gn_vector_bits()
     )
     return lib
 

@@ -78,6 +78,7 @@ class ClassificationTask(Task[TrainConfig]):
 
     name = "classification"
     stats: ClassVar[tuple[str, ...]] = ("loss_sum", "wrong", "seen")
+    compiles: ClassVar[bool] = True
 
     @classmethod
     def check(cls, configs: Sequence[TrainConfig], runs_dir: Path) -> None:

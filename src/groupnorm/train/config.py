@@ -156,6 +156,9 @@ class TrainConfig(RunConfig):
     probe_images: int = hashed_unless_default(256)
     probe_percentiles: tuple[float, ...] = hashed_unless_default((1.0, 20.0, 80.0, 99.0))
     workers: int = unhashed(8)  # imagefolder loader processes
+    # the training step under torch.compile: "on", "off", or "auto" where it was measured to pay
+    # (groupnorm.train.engine.compiles); float-level differences only, so not part of the run id
+    torch_compile: str = unhashed("off")
 
     def __post_init__(self) -> None:
         """Reject a config that cannot run before anything trains."""
@@ -171,6 +174,8 @@ class TrainConfig(RunConfig):
         for key in ("median_last", "width", "probe_images"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1; got {getattr(self, key)}")
+        if self.torch_compile not in ("off", "on", "auto"):
+            raise ValueError(f"torch_compile must be 'off', 'on' or 'auto'; got {self.torch_compile!r}")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0 (0: no probe); got {self.probe_every}")
         qs = tuple(float(q) for q in self.probe_percentiles)

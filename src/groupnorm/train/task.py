@@ -34,6 +34,7 @@ class Task(Generic[C]):
 
     name: ClassVar[str] = "task"
     stats: ClassVar[tuple[str, ...]] = ()  # what ``step`` returns, summed over the epoch and all processes
+    compiles: ClassVar[bool] = False  # torch_compile="auto" may compile its training step (measured to pay)
 
     def __init__(self, cfg: C, ctx: Dist, local_devices: int, runs_dir: Path) -> None:
         self.cfg, self.ctx, self.local_devices, self.runs_dir = cfg, ctx, local_devices, runs_dir

@@ -7,7 +7,7 @@ A run may start from a 2D classifier's checkpoint (``init``), whose kernels are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,7 @@ class VideoTask(ClassificationTask):
 
     name = "video"
     memory_format = torch.channels_last_3d
+    compiles: ClassVar[bool] = False  # not measured in 3D
 
     @classmethod
     def data_shape(cls, cfg: VideoConfig) -> tuple[int, int]:  # type: ignore[override]
