@@ -92,6 +92,31 @@ if RUN_HERE:  # on a GPU, or in the interpreter process started above
         y, _, _ = T.forward(x, None, None, 4, 1e-5, "identity")
         assert rel_err(y, reference_act(x, 4, None, None, "identity")) < 1e-5
 
+    def test_tile_offsets_are_64_bit():
+        # a channels-last sample of 4 x 2**30 elements: the last tile's offsets pass 2**31 within the sample
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def offsets_kernel(out_ptr, n, bs, S, C, sn, ss, sc, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+            offs, _, _, _ = T._tile(n, bs, 0, S, C, sn, ss, sc, BLOCK_S, BLOCK_C)
+            tl.store(out_ptr + tl.arange(0, BLOCK_S)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :], offs)
+
+        s, c, block_s = 2**30, 4, 64
+        out = torch.zeros(block_s, c, dtype=torch.int64, device=DEVICE)
+        bs = s // block_s - 1
+        offsets_kernel[(1,)](out, 3, bs, s, c, c * s, c, 1, BLOCK_S=block_s, BLOCK_C=c)
+        rows = torch.arange(bs * block_s, s, dtype=torch.int64)[:, None]
+        want = 3 * c * s + rows * c + torch.arange(c, dtype=torch.int64)[None, :]
+        assert torch.equal(out.cpu(), want)
+
+    def test_tensors_over_2_31_elements_are_taken_while_the_grid_fits():
+        meta = {"device": "meta", "dtype": torch.bfloat16}
+        big = torch.empty(64, 320, 512, 512, **meta)  # 5.4e9 elements, 262144 positions per sample
+        assert T.supports(big) and T.supports(big.contiguous(memory_format=torch.channels_last))
+        # 2**31 positions in one sample: 2**23 blocks of positions, past CUDA's 65535
+        assert not T.supports(torch.empty(1, 4, 2**16, 2**15, **meta))
+
     @pytest.mark.gpu
     def test_group_norm_act_on_cuda_uses_triton_and_compiles():
         from groupnorm import functional as F

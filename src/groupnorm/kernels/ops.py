@@ -63,7 +63,11 @@ def backend_for(x: Tensor) -> str:
         if tr is not None and tr.supports(x):
             return "triton"
         if tr is not None:
-            _warn_once(f"cuda-{x.dtype}", f"no Triton kernel for {x.dtype}; using torch's native GroupNorm")
+            _warn_once(
+                f"cuda-{x.dtype}-{x.dtype in tr.DTYPES}",
+                f"the Triton kernels do not take {x.dtype} of shape {tuple(x.shape)} (dtypes: float32, bfloat16, "
+                "float16; at most 65535 blocks of positions per sample); using torch's native GroupNorm",
+            )
         return "native"
     _warn_once(f"device-{x.device.type}", f"no fast kernel for {x.device.type}; using torch's native GroupNorm")
     return "native"

@@ -62,12 +62,14 @@ def _act_backward(g, z, ACT: tl.constexpr):
 
 @triton.jit
 def _tile(n, bs, bc, S, C, stride_n, stride_s, stride_c, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Offsets of a (BLOCK_S, BLOCK_C) tile of sample n, its channel indices and masks."""
+    """Offsets of a (BLOCK_S, BLOCK_C) tile of sample n, its channel indices and masks. The offsets are
+    64-bit: one sample may hold more than 2**31 elements (positions x channels), the tensor many more."""
     offs_s = bs * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_c = bc * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask = (offs_s[:, None] < S) & mask_c[None, :]
-    offs = n.to(tl.int64) * stride_n + offs_s[:, None] * stride_s + offs_c[None, :] * stride_c
+    offs_s64, offs_c64 = offs_s.to(tl.int64), offs_c.to(tl.int64)
+    offs = n.to(tl.int64) * stride_n + offs_s64[:, None] * stride_s + offs_c64[None, :] * stride_c
     return offs, offs_c, mask_c, mask
 
 
@@ -241,9 +243,31 @@ def _backward_kernel(
 
 
 def supports(x: Tensor) -> bool:
-    """Whether these kernels take x: CUDA (or any device under TRITON_INTERPRET=1), float32/16, bfloat16."""
+    """Whether these kernels take x: CUDA (or any device under TRITON_INTERPRET=1), float32/16, bfloat16,
+    any number of elements (64-bit offsets) as long as a sample's positions fit the grid (see _geometry)."""
     on_device = x.device.type == "cuda" or INTERPRET
-    return on_device and x.dtype in DTYPES and x.dim() >= 2 and 0 < x.numel() < 2**31
+    return on_device and x.dtype in DTYPES and x.dim() >= 2 and x.numel() > 0 and _grid_fits(x)
+
+
+MAX_GRID_YZ = 65535  # CUDA's limit on a grid's 2nd and 3rd dimensions (blocks of positions, of channels)
+
+
+def _blocks(x: Tensor) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_C): a tile of positions x channels, channels or positions contiguous as x is."""
+    c, s = x.shape[1], math.prod(x.shape[2:])
+    if memory_format_of(x) is torch.contiguous_format:  # (N, C, S): positions contiguous
+        block_s = min(triton.next_power_of_2(s), 256)
+        return block_s, min(triton.next_power_of_2(c), max(1, TILE // block_s))
+    block_c = min(triton.next_power_of_2(c), 64)
+    return min(triton.next_power_of_2(s), max(1, TILE // block_c)), block_c
+
+
+def _grid_fits(x: Tensor) -> bool:
+    """Whether the (N, blocks of positions, blocks of channels) grid fits CUDA's limits: up to about
+    16 million positions per sample in NCHW, 4 million in channels-last with 64 channels or more."""
+    block_s, block_c = _blocks(x)
+    s = math.prod(x.shape[2:])
+    return triton.cdiv(s, block_s) <= MAX_GRID_YZ and triton.cdiv(x.shape[1], block_c) <= MAX_GRID_YZ
 
 
 def _geometry(x: Tensor) -> tuple[Tensor, int, int, int, tuple[int, int, int], int, int]:
@@ -252,15 +276,8 @@ def _geometry(x: Tensor) -> tuple[Tensor, int, int, int, tuple[int, int, int], i
     xc = x.contiguous(memory_format=fmt)
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
-    if fmt is torch.contiguous_format:  # (N, C, S): positions contiguous
-        strides = (c * s, 1, s)
-        block_s = min(triton.next_power_of_2(s), 256)
-        block_c = min(triton.next_power_of_2(c), max(1, TILE // block_s))
-    else:  # channels last, (N, S, C): channels contiguous
-        strides = (c * s, c, 1)
-        block_c = min(triton.next_power_of_2(c), 64)
-        block_s = min(triton.next_power_of_2(s), max(1, TILE // block_c))
-    return xc, n, c, s, strides, block_s, block_c
+    strides = (c * s, 1, s) if fmt is torch.contiguous_format else (c * s, c, 1)
+    return xc, n, c, s, strides, *_blocks(x)
 
 
 def _merge_blocks(nbs: int, d: int) -> tuple[int, int]:
