@@ -135,3 +135,12 @@ if RUN_HERE:  # on a GPU, or in the interpreter process started above
         xe = x.clone().requires_grad_()
         F.group_norm_act(xe, 32, m.weight, m.bias).float().square().sum().backward()
         torch.testing.assert_close(xr.grad, xe.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_the_gpu_benchmark_runs_end_to_end():
+    """benchmarks/gpu.py --smoke: tiny shapes through every variant (on the CPU kernels without a GPU)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu.py"), "--smoke"], capture_output=True,
+                          text=True, timeout=300, cwd=root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vs eager: median" in proc.stdout.splitlines()[-1]
