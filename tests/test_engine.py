@@ -267,3 +267,16 @@ def test_a_compiled_run_trains_as_the_eager_one(tmp_path):
     assert compiled["status"] == eager["status"] == "finished"
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)  # through the running statistics
+
+
+def test_auto_does_not_compile_where_inductor_cannot_build(tmp_path, monkeypatch):
+    from groupnorm.train import distributed, engine
+
+    cfg = TrainConfig(**{**TINY, "norm": "bn", "torch_compile": "auto"})
+    task = engine.task_of(cfg)(cfg, distributed.setup(), cfg.devices, tmp_path)
+    assert engine.compiles(task)
+    monkeypatch.setattr(engine.sysconfig, "get_path", lambda name: str(tmp_path))  # no Python.h there
+    assert not engine.compiles(task)
+    monkeypatch.undo()
+    monkeypatch.setattr(engine.cpu_kernels, "compiler", lambda: None)
+    assert not engine.compiles(task)

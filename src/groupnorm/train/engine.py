@@ -22,6 +22,7 @@ follow the paper's ramp scaled to the run's steps (groupnorm.convert.set_renorm_
 from __future__ import annotations
 
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,15 +169,20 @@ COMPILE_PAYS = frozenset({"bn", "frn", "evonorm-s0"})
 
 def compiles(task: Task) -> bool:
     """Whether the run's training steps run under torch.compile: ``torch_compile="on"``; or ``"auto"``
-    for a task that allows it (``Task.compiles``), on the CPU, with a C++ compiler for inductor, for a norm
-    in COMPILE_PAYS. Evaluation always runs the eager model."""
+    for a task that allows it (``Task.compiles``), on the CPU, where inductor can build (a C++ compiler and
+    Python's headers), for a norm in COMPILE_PAYS. Evaluation always runs the eager model."""
     mode = getattr(task.cfg, "torch_compile", "off")
     if mode != "auto":
         return mode == "on"
-    if not task.compiles or task.ctx.device.type != "cpu" or cpu_kernels.compiler() is None:
+    if not task.compiles or task.ctx.device.type != "cpu" or not inductor_can_build():
         return False
     spec = parse_norm_spec(task.cfg.norm)
     return spec.kind in COMPILE_PAYS and not spec.variant
+
+
+def inductor_can_build() -> bool:
+    """A C++ compiler and Python.h (Debian's python3-dev): what torch.compile's CPU code needs."""
+    return cpu_kernels.compiler() is not None and (Path(sysconfig.get_path("include")) / "Python.h").is_file()
 
 
 def training_net(task: Task, model: nn.Module) -> nn.Module:
