@@ -139,7 +139,9 @@ def test_smoke_reproduce_groups_end_to_end(tmp_path, capsys):
     report = (exp / "report.md").read_text()
     for words in ("### Verdict", "### Table 3a", "### Table 3b", "1 (=LN)", "1 (=IN)", "25.3", "28.4"):
         assert words in report
-    assert (exp / "figures" / "fig_groups_main.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fig in ("fig_groups_main.png", "curves_main.png"):  # Table 3's shape; every setting's curves
+        assert (exp / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{fig}" in report
     rows = json.loads((exp / "summary.json").read_text())["rows"]
     assert {(r["axis"], r["value"], r["norm"]) for r in rows} == {
         ("groups", 8, "gn:8"), ("groups", 2, "gn:2"), ("groups", 1, "ln"),

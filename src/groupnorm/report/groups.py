@@ -206,6 +206,26 @@ def _figure(rows: dict[str, dict[int, Cell]]):
     return fig
 
 
+def _curves(rows: dict[str, dict[int, Cell]]):
+    """Train (dashed) and val (solid) error per epoch of every setting, one panel per row, means over seeds."""
+    plt = pyplot()
+    axes_present = [a for a in AXES if a in rows]
+    fig, axes = plt.subplots(1, len(axes_present), figsize=(5.5 * len(axes_present), 3.8), squeeze=False, sharey=True)
+    for ax, axis in zip(axes[0], axes_present, strict=True):
+        for _, c in sorted(rows[axis].items(), reverse=True):
+            val, train = c.curve("val_error"), c.curve("train_error")
+            (line,) = ax.plot(range(1, len(val) + 1), val, label=c.label)
+            ax.plot(range(1, len(train) + 1), train, "--", color=line.get_color())
+        ax.set_title(f"{AXES[axis][0]}: train (dashed) and val (solid)")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(top=min(60.0, ax.get_ylim()[1]))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("error (%)")
+    fig.tight_layout()
+    return fig
+
+
 def _setting_title(setting: tuple) -> str:
     s = dict(zip(SETTING_KEYS, setting, strict=True))
     model = (
@@ -246,7 +266,11 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
         name = f"fig_groups_{_slug(setting) if multi else 'main'}.png"
         save_figure(_figure(rows), fig_dir / name)
         title = "Error against the number of groups and against channels per group"
-        out.append(f"\n### Figure\n\n**{title}**\n\n![{title}](figures/{name})\n\n")
+        out.append(f"\n### Figures\n\n**{title}**\n\n![{title}](figures/{name})\n\n")
+        curves = f"curves_{_slug(setting) if multi else 'main'}.png"
+        save_figure(_curves(rows), fig_dir / curves)
+        title = "Every setting: train and val error per epoch"
+        out.append(f"**{title}**\n\n![{title}](figures/{curves})\n\n")
     for axis in AXES:
         for value, c in sorted(rows.get(axis, {}).items(), reverse=True):
             m, s = c.mean_std
