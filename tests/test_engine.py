@@ -280,3 +280,36 @@ def test_auto_does_not_compile_where_inductor_cannot_build(tmp_path, monkeypatch
     monkeypatch.undo()
     monkeypatch.setattr(engine.cpu_kernels, "compiler", lambda: None)
     assert not engine.compiles(task)
+
+
+@pytest.mark.parametrize(
+    ("norm", "model", "built"),
+    [("gn:2", "resnet", "gn:2+relu"), ("ln", "resnet-s2", "ln+relu"), ("in", "resnet", "in+relu"),
+     ("gn/4", "resnet", "gn/4+relu"), ("gn:2+silu", "resnet", "gn:2+silu"), ("ws+gn:2", "resnet", "ws+gn:2"),
+     ("bn", "resnet", "bn"), ("gn:2", "vgg", "gn:2")],
+)  # fmt: skip
+def test_the_engine_fuses_gn_with_its_relu_to_the_bit(norm, model, built):
+    """GN, LN and IN in the CIFAR ResNets run fused with their ReLU: the same state dict, outputs and gradients."""
+    from groupnorm.nn import GroupNormAct
+    from groupnorm.train.classification import build_classifier, engine_norm
+
+    cfg = TrainConfig(**{**TINY, "norm": norm, "model": model, "depth": 11 if model == "vgg" else 8})
+    assert engine_norm(cfg) == built
+    if built == norm or model == "vgg":
+        return
+    torch.manual_seed(0)
+    fused = build_classifier(cfg, 10, 1, 1).to(memory_format=torch.channels_last)
+    plain = build_model(model, norm=norm, num_classes=10, in_channels=1, depth=8, width=8)
+    plain = plain.to(memory_format=torch.channels_last)
+    assert any(isinstance(m, GroupNormAct) and isinstance(m.act, torch.nn.ReLU) for m in fused.modules())
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # zero gammas would hide the backward of the last norms
+    plain.load_state_dict(fused.state_dict())  # the same keys
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    outs = [m(x) for m in (fused, plain)]
+    assert torch.equal(*outs)
+    for out in outs:
+        out.square().sum().backward()
+    for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
