@@ -265,6 +265,25 @@ def test_memory_loader_normalises_and_keeps_channels_last():
     assert x4.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_memory_loader_standardises_each_image_on_its_own():
+    images = torch.randint(0, 256, (6, 3, 5, 5), dtype=torch.uint8)
+    images[0] = 7  # a constant image: zeros, not NaN
+    loader = MemoryLoader(images, torch.zeros(6), 6, mean=[0.5] * 3, std=[0.25] * 3, train=False, per_image=True)
+    x = next(loader.epoch(0))[0].double()
+    assert torch.equal(x[0], torch.zeros_like(x[0]))
+    flat = x[1:].flatten(1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(flat.std(1, correction=0), torch.ones(5, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_input_norm_is_checked_and_in_the_run_id_only_when_set():
+    from groupnorm.train import TrainConfig
+
+    with pytest.raises(ValueError, match="input_norm must be 'dataset' or 'per-image'; got 'image'"):
+        TrainConfig(input_norm="image")
+    assert TrainConfig(input_norm="dataset").id == TrainConfig().id != TrainConfig(input_norm="per-image").id
+
+
 def test_augment_crops_and_flips_each_image_on_its_own():
     images = torch.arange(2 * 1 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
     out = augment_batch(images, Augment(pad=1, flip=False), torch.Generator().manual_seed(0))

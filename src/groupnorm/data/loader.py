@@ -68,6 +68,8 @@ class MemoryLoader:
             gets the same number of images); otherwise every image once, in order.
         seed: the run's seed; rank, world: this process's shard (torch.distributed).
         channels_last: hand out batches in channels_last (channels_last_3d for clips) memory format.
+        per_image: then standardise each image (or clip) on its own, to mean 0 and std 1 over its channels
+            and positions: what an IN-style first layer would remove (brightness and contrast per image).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class MemoryLoader:
         rank: int = 0,
         world: int = 1,
         channels_last: bool = False,
+        per_image: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() not in (4, 5):
             raise ValueError(
@@ -97,7 +100,7 @@ class MemoryLoader:
         self.images, self.labels = images, labels
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.seed, self.rank, self.world = seed, rank, world
-        self.channels_last = channels_last
+        self.channels_last, self.per_image = channels_last, per_image
         shape = (1, images.shape[1]) + (1,) * (images.dim() - 2)
         std_t = torch.tensor(std, dtype=torch.float32).view(shape)
         self._scale = 1.0 / (255.0 * std_t)
@@ -135,6 +138,9 @@ class MemoryLoader:
             if self.train and (self.augment.pad or self.augment.flip):
                 x = augment_batch(x, self.augment, batch_generator(self.seed, epoch, step, self.rank))
             x = torch.addcmul(self._shift, x.float(), self._scale)
+            if self.per_image:
+                std, mean = torch.std_mean(x, dim=tuple(range(1, x.dim())), correction=0, keepdim=True)
+                x = (x - mean) / std.clamp_min(1e-6)
             if self.channels_last:
                 x = x.contiguous(memory_format=self._format)
             yield x, self.labels[idx]

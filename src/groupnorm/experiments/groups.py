@@ -44,6 +44,7 @@ class Preset:
     weight_decay: float = 1e-4
     median_last: int = 4
     channels_last: bool = True
+    input_norm: str = "dataset"  # or "per-image": every image standardised on its own (why IN wins here)
     data_dir: str = ""
     workers: int = 8  # ImageFolder loader processes (--set workers=N); results do not depend on it
 

@@ -147,7 +147,8 @@ class ClassificationTask(Task[TrainConfig]):
             (data.train_images, data.train_labels) if split == "train" else (data.val_images, data.val_labels)
         )
         return MemoryLoader(images, labels, batch, train=train, augment=data.augment, mean=data.mean, std=data.std,
-                            seed=cfg.seed, rank=ctx.rank, world=ctx.world, channels_last=cfg.channels_last)  # fmt: skip
+                            seed=cfg.seed, rank=ctx.rank, world=ctx.world, channels_last=cfg.channels_last,
+                            per_image=cfg.input_norm == "per-image")  # fmt: skip
 
     def loaders(self, batch: int):
         train = self.loader("train", batch, train=True)

@@ -148,6 +148,9 @@ class TrainConfig(RunConfig):
     width: int = 16
     norm: str = "bn"
     zero_init_last: bool = True
+    # inputs standardised with the dataset's mean and std, or each image on its own ("per-image": an
+    # experiment on why IN wins on this data, docs/results/groups.md); in-memory datasets only
+    input_norm: str = hashed_unless_default("dataset")
     median_last: int = 5  # the reported error: median val error of the last k epochs
     channels_last: bool = True
     # the percentile probe (groupnorm.train.probe): every probe_every iterations (0: off), the probe_percentiles
@@ -174,6 +177,10 @@ class TrainConfig(RunConfig):
         for key in ("median_last", "width", "probe_images"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1; got {getattr(self, key)}")
+        if self.input_norm not in ("dataset", "per-image"):
+            raise ValueError(f"input_norm must be 'dataset' or 'per-image'; got {self.input_norm!r}")
+        if self.input_norm != "dataset" and self.dataset == "imagefolder":
+            raise ValueError("input_norm='per-image' needs an in-memory dataset (not imagefolder)")
         if self.torch_compile not in ("off", "on", "auto"):
             raise ValueError(f"torch_compile must be 'off', 'on' or 'auto'; got {self.torch_compile!r}")
         if self.probe_every < 0:
