@@ -159,11 +159,11 @@ def _average_bn_buffers(model: nn.Module, world: int) -> None:
                 buf.div_(world)
 
 
-# Norm kinds whose training step runs faster under torch.compile on the CPU (benchmarks/train_step.py
-# --compile, the batch-size study's ResNet-8, one thread, AVX-512 Xeon, images/s compiled / eager): BN 1.09x at
-# 32 and 1.30x at 2 images per device, FRN 2.06x, EvoNorm-S0 1.22x. Not here: GN, LN and IN (groupnorm's own
-# fused kernels already; the compiled step was 0.93x) and Batch Renorm (its limits change every step, which
-# would recompile every step).
+# Norm kinds whose training step runs faster under torch.compile on the CPU (the batch-size study's ResNet-8,
+# one thread, AVX-512 Xeon, train-step images/s compiled / eager in one process, docs/results.md; check with
+# benchmarks/train_step.py --compile on|off): BN 1.09x at 32 and 1.30x at 2 images per device, FRN 2.06x,
+# EvoNorm-S0 1.22x. Not here: GN, LN and IN (groupnorm's own fused kernels already; the compiled step was
+# 0.93x) and Batch Renorm (1.88x, but its limits change every step, which would recompile every step).
 COMPILE_PAYS = frozenset({"bn", "frn", "evonorm-s0"})
 
 
