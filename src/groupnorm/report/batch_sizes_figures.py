@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from groupnorm.report import paper
-from groupnorm.report.common import Cell, norm_kind, norm_label, pyplot
+from groupnorm.report.common import Cell, curves_figure, norm_kind, norm_label, pyplot
 
 __all__ = ["fig1", "fig4", "fig5", "fig_runs"]
 
@@ -13,20 +13,13 @@ KIND_ORDER = {"bn": 0, "brn": 1, "ln": 2, "in": 3, "gn": 4, "frn": 5, "evonorm-s
 def fig_runs(cells: dict[tuple[str, int], Cell]):
     """Train and val error per epoch of every (norm, B), one panel per norm (means over seeds)."""
     norms = sorted({n for n, _ in cells}, key=lambda n: (KIND_ORDER.get(norm_kind(n), 9), n))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(norms), figsize=(3.6 * len(norms), 3.2), sharey=True, squeeze=False)
-    for ax, norm in zip(axes[0], norms, strict=True):
-        for b in sorted((b for n, b in cells if n == norm), reverse=True):
-            c = cells[(norm, b)]
-            (line,) = ax.plot(range(1, len(c.curve("val_error")) + 1), c.curve("val_error"), label=f"B={b}")
-            ax.plot(range(1, len(c.curve("train_error")) + 1), c.curve("train_error"), "--", color=line.get_color())
-        ax.set_title(norm_label(norm))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("error (%)")
-    fig.tight_layout()
-    return fig
+    panels = {
+        norm_label(norm): [
+            (f"B={b}", cells[(norm, b)]) for b in sorted((b for n, b in cells if n == norm), reverse=True)
+        ]
+        for norm in norms
+    }
+    return curves_figure(panels)
 
 
 def fig1(cells, bn, gn):

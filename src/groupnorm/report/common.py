@@ -21,6 +21,7 @@ __all__ = [
     "FinishedRuns",
     "convergence",
     "convergence_text",
+    "curves_figure",
     "finished_runs",
     "fmt",
     "gated",
@@ -333,6 +334,25 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def curves_figure(panels: dict[str, list[tuple[str, Cell]]], width: float = 3.6):
+    """Train (dashed) and val (solid) error per epoch, means over seeds: a panel per title, a line pair per
+    (label, cell) in it. Every report's convergence curves."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.2), sharey=True, squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for label, c in lines:
+            val, train = c.curve("val_error"), c.curve("train_error")
+            (line,) = ax.plot(range(1, len(val) + 1), val, label=label)
+            ax.plot(range(1, len(train) + 1), train, "--", color=line.get_color())
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("error (%)")
+    fig.tight_layout()
+    return fig
 
 
 def pyplot():

@@ -16,6 +16,7 @@ from groupnorm.report import common, paper
 from groupnorm.report.common import (
     convergence,
     convergence_text,
+    curves_figure,
     fmt,
     gated,
     group_cells,
@@ -208,22 +209,10 @@ def _figure(rows: dict[str, dict[int, Cell]]):
 
 def _curves(rows: dict[str, dict[int, Cell]]):
     """Train (dashed) and val (solid) error per epoch of every setting, one panel per row, means over seeds."""
-    plt = pyplot()
-    axes_present = [a for a in AXES if a in rows]
-    fig, axes = plt.subplots(1, len(axes_present), figsize=(5.5 * len(axes_present), 3.8), squeeze=False, sharey=True)
-    for ax, axis in zip(axes[0], axes_present, strict=True):
-        for _, c in sorted(rows[axis].items(), reverse=True):
-            val, train = c.curve("val_error"), c.curve("train_error")
-            (line,) = ax.plot(range(1, len(val) + 1), val, label=c.label)
-            ax.plot(range(1, len(train) + 1), train, "--", color=line.get_color())
-        ax.set_title(f"{AXES[axis][0]}: train (dashed) and val (solid)")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(top=min(60.0, ax.get_ylim()[1]))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    axes[0][0].set_ylabel("error (%)")
-    fig.tight_layout()
-    return fig
+    return curves_figure(
+        {AXES[a][0]: [(c.label, c) for _, c in sorted(rows[a].items(), reverse=True)] for a in AXES if a in rows},
+        width=5.5,
+    )
 
 
 def _setting_title(setting: tuple) -> str:
