@@ -1,5 +1,6 @@
 """PreciseBN and test-time batch statistics: what they compute, that they leave the model as it was, the records."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -78,3 +79,64 @@ def test_a_bn_run_records_why_it_fails_and_a_gn_run_does_not(tmp_path):
     assert 0 <= bn["val_error_precise_bn"] <= 100 and 0 <= bn["val_error_batch_stats"] <= 100
     gn = train_run(TrainConfig(norm="gn:4", **kw), tmp_path, log=lambda m: None)
     assert "val_error_precise_bn" not in gn and not batch_norms(gnn.GroupNorm(2, 4))
+
+
+def _frozen_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), gnn.FrozenBatchNorm(4), nn.ReLU(), nn.Conv2d(4, 5, 1))
+    net.append(gnn.FrozenBatchNorm(5))
+    with torch.no_grad():
+        net[1].running_mean.copy_(torch.tensor([100.0, -3.0, 0.0, 1.0]))  # far from the data's
+        net[1].running_var.copy_(torch.tensor([0.01, 4.0, 1.0, 9.0]))
+        net[1].weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.0]))
+    return net.eval()
+
+
+def test_frozen_bn_statistics_are_those_of_each_layers_input_over_all_batches():
+    from groupnorm.train.bn_eval import frozen_bn_statistics
+
+    net = _frozen_net()
+    batches = [torch.randn(3, 3, 5, 5) * 2 + 1e3 for _ in range(4)]  # large offset: shifted sums keep precision
+    stats = frozen_bn_statistics(net, batches)
+    x1 = torch.cat([net[0](b) for b in batches]).double()
+    x2 = torch.cat([net[:4](b) for b in batches]).double()
+    for name, x in (("1", x1), ("4", x2)):
+        mean, var = stats[name]
+        torch.testing.assert_close(mean, x.mean((0, 2, 3)))
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False))
+    assert not any(m._forward_hooks for m in net.modules())  # hooks removed
+
+
+def test_refit_normalises_with_batch_statistics_during_its_pass_then_freezes_them():
+    from groupnorm.train.bn_eval import frozen_bn_statistics, refit_frozen_bn, statistics_shift
+
+    net = _frozen_net()
+    batches = [torch.randn(16, 3, 6, 6) for _ in range(3)]
+    before = statistics_shift(net[1], *frozen_bn_statistics(net, batches)["1"])
+    assert before["mean_shift"] > 100 and before["sd_factor"] > 2  # the frozen statistics are far off
+    weight = net[1].weight.clone()
+    stats = refit_frozen_bn(net, batches)
+    h = torch.cat([net[0](b) for b in batches])
+    torch.testing.assert_close(net[1].running_mean, h.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[1].running_var, h.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[1].weight, weight)
+    # the second layer's statistics came from inputs normalised per batch, not by the old frozen layer
+    per_batch = [
+        net[3](nn.functional.batch_norm(net[0](b), None, None, weight, net[1].bias, training=True).relu())
+        for b in batches
+    ]
+    torch.testing.assert_close(stats["4"][0].float(), torch.cat(per_batch).mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    after = statistics_shift(net[1], *frozen_bn_statistics(net, batches)["1"])
+    assert after["mean_shift"] < 1e-4 and after["sd_factor"] < 1.0001
+
+
+def test_statistics_shift_counts_a_factor_either_way():
+    from groupnorm.train.bn_eval import statistics_shift
+
+    layer = gnn.FrozenBatchNorm(2, eps=0.0)
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.tensor([0.0, 1.0]))
+        layer.running_var.copy_(torch.tensor([4.0, 1.0]))
+    shift = statistics_shift(layer, torch.tensor([1.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 4.0]).double())
+    assert shift["mean_shift"] == pytest.approx(0.25)  # (1/2 + 0) / 2
+    assert shift["sd_factor"] == pytest.approx(2.0)  # sd off by 2x down in one channel, 2x up in the other

@@ -129,6 +129,9 @@ def test_run_id_hashes_what_changes_results_only():
     assert a.id != tiny(seed=1).id != tiny(backbone_norm="gn:4").id
     assert a.id.startswith("scenes64_r10w8_gn4_scratch_4conv1fc-gn4_b2_s0_")
     assert tiny(backbone_norm="bn:frozen", init="x.pt").id.startswith("scenes64_r10w8_bnfrozen_pre_")
+    target = tiny(backbone_norm="bn:frozen", init="x.pt", backbone_stats="target")
+    assert target.id.startswith("scenes64_r10w8_bnfrozen-target_pre_")
+    assert "backbone_stats" not in tiny(backbone_norm="bn:frozen", init="x.pt").hashed_fields()  # old ids stay
     assert json.loads(json.dumps(a.to_dict()))["scene_items"] == [2, 4]
 
 
@@ -142,6 +145,8 @@ def test_run_id_hashes_what_changes_results_only():
         ({"trainable_layers": 6}, "trainable_layers must be in 0..5"),
         ({"trainable_layers": 3}, "from scratch trains every layer"),
         ({"backbone_norm": "bn:frozen", "init": ""}, "bn:frozen"),
+        ({"backbone_stats": "target"}, "backbone_stats='target' re-estimates BN\\*'s frozen statistics"),
+        ({"backbone_stats": "scenes"}, "backbone_stats must be one of pretrained, target"),
         ({"dataset": "coco"}, "dataset coco needs data_dir"),
         ({"images_per_device": 0}, "images_per_device must be a positive int"),
         ({"milestones": (0.9, 0.5)}, "milestones must be increasing"),

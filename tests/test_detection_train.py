@@ -111,11 +111,36 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
         torch.testing.assert_close(sd_a[k], sd_b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_bn_star_records_its_statistics_shift_and_target_statistics_remove_it(tmp_path):
+    """Every BN* run measures how far its frozen statistics are from the training scenes' (backbone_stats.json);
+    backbone_stats="target" re-estimates them there before training, which the BN* run must not do."""
+    from groupnorm.models import build_model
+
+    classifier = build_model("tvresnet", norm="bn", depth=10, width=8, num_classes=10, in_channels=1)
+    torch.save(classifier.state_dict(), tmp_path / "bn.pt")  # fresh BN statistics: mean 0, variance 1
+    kw = {"backbone_norm": "bn:frozen", "init": str(tmp_path / "bn.pt"), "trainable_layers": 3, "epochs": 1}
+    shifts = {}
+    for stats in ("pretrained", "target"):
+        cfg = tiny(tmp_path, backbone_stats=stats, **kw)
+        result = train_detection(cfg, tmp_path / stats, log=lambda msg: None)
+        assert result["status"] == "finished" and result["backbone_stats"] == stats
+        shifts[stats] = json.loads((run_dir_of(cfg, tmp_path / stats) / "backbone_stats.json").read_text())
+    before = shifts["pretrained"]
+    assert before["images"] == 12 and before["backbone_stats"] == "pretrained" and "layers_after" not in before
+    assert before["layers"][0]["layer"] == "bn1" and len(before["layers"]) == 1 + 4 * 2 + 3
+    assert before["layers"] == shifts["target"]["layers"]  # the same backbone meets the same images
+    after = shifts["target"]["layers_after"]
+    assert after[0]["mean_shift"] < 1e-4 and after[0]["sd_factor"] < 1.001  # the first layer's exactly
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    for key in ("mean_shift", "sd_factor"):
+        assert mean(after, key) < mean(before["layers"], key), key
+
+
 def test_the_experiment_and_its_report_through_the_cli(tmp_path, capsys):
     """Pre-training (the classification engine), BN* and GN Mask R-CNN, the report: `groupnorm reproduce detection`."""
     sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in SIZES.items()]
     sets += [
-        "variants=bn*,gn",
+        "variants=bn*,bn*-target,gn",
         "backbone_gn=gn:4",
         "head_gn=gn:4",
         "pretrain_images=256",
@@ -135,7 +160,7 @@ def test_the_experiment_and_its_report_through_the_cli(tmp_path, capsys):
     assert "### Verdict" in out and "GN − BN*" in out
     exp = tmp_path / "runs" / "detection"
     recs = load_records(exp)
-    assert sorted(r.config["variant"] for r in recs) == ["bn*", "gn"] and all(r.finished for r in recs)
+    assert sorted(r.config["variant"] for r in recs) == ["bn*", "bn*-target", "gn"] and all(r.finished for r in recs)
     pre = load_records(exp / "pretrain")
     assert sorted(r.config["norm"] for r in pre) == ["bn", "gn:4"]
     star = next(r for r in recs if r.config["variant"] == "bn*")
@@ -143,13 +168,16 @@ def test_the_experiment_and_its_report_through_the_cli(tmp_path, capsys):
     report = (exp / "report.md").read_text()
     assert "Tables 4-7" in report and "| BN* | BN* | 4conv1fc, GN (G=4) | pre-trained |" in report
     assert "39.5" in report and "40.0" in report  # the paper's numbers beside ours
+    assert "| BN*, target statistics | BN* (target statistics) |" in report
+    assert "### Why BN* and fine-tuned BN differ here (measured)" in report and "| `bn1` |" in report
+    assert "BN* with target statistics − BN*" in report
     assert (exp / "figures" / "samples_main.png").is_file() and (exp / "figures" / "curves_main.png").is_file()
     rows = json.loads((exp / "summary.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["bn*", "gn"] and rows[0]["seeds"] == [0]
-    assert rows[1]["paper_bbox_AP"] == 40.0 and 0.0 <= rows[1]["segm_AP_mean"] <= 100.0
+    assert [r["variant"] for r in rows] == ["bn*", "bn*-target", "gn"] and rows[0]["seeds"] == [0]
+    assert rows[2]["paper_bbox_AP"] == 40.0 and 0.0 <= rows[2]["segm_AP_mean"] <= 100.0
     # a second run skips everything finished
     assert main(argv) == 0
-    assert "2 already finished" in capsys.readouterr().out
+    assert "3 already finished" in capsys.readouterr().out
 
 
 def test_a_bad_preset_fails_before_anything_trains(tmp_path):

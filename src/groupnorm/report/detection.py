@@ -29,6 +29,7 @@ from groupnorm.report.common import (
     seed_noise_note,
     write_report,
 )
+from groupnorm.report.detection_bn import diff, explanation
 from groupnorm.report.detection_figures import fig_curves, fig_samples
 from groupnorm.train.records import Record, load_records
 
@@ -40,10 +41,11 @@ SETTING_KEYS = (
     "dataset", "scene_size", "scene_train", "backbone", "depth", "width", "fpn_channels", "head_channels",
     "images_per_device", "devices",
 )  # fmt: skip
-VARIANT_ORDER = ("bn*-plain", "bn*", "bn", "gn", "gn-scratch", "syncbn-scratch")
+VARIANT_ORDER = ("bn*-plain", "bn*", "bn*-target", "bn", "gn", "gn-scratch", "syncbn-scratch")
 LABELS = {
     "bn*-plain": "BN*, no head norm",
     "bn*": "BN*",
+    "bn*-target": "BN*, target statistics",
     "bn": "BN, fine-tuned",
     "gn": "GN",
     "gn-scratch": "GN, from scratch",
@@ -126,6 +128,8 @@ def _heads_text(cfg: dict[str, Any]) -> str:
 def _backbone_text(cfg: dict[str, Any]) -> str:
     spec = cfg["backbone_norm"]
     label = {"bn:frozen": "BN*", "bn": "BN", "bn:sync": "SyncBN"}.get(spec, norm_label(spec))
+    if cfg.get("backbone_stats", "pretrained") != "pretrained":
+        label += f" ({cfg['backbone_stats']} statistics)"
     return label + (" (fine-tuned)" if spec == "bn" and (cfg.get("init") or cfg.get("pretrained")) else "")
 
 
@@ -136,15 +140,6 @@ def _paper(variant: str) -> tuple[str, str]:
     return (f"{box:.1f}" if box is not None else "–"), (f"{mask:.1f}" if mask is not None else "–")
 
 
-def _diff(a: Cell, b: Cell, key: str) -> tuple[float, float, int] | None:
-    """mean(a) − mean(b) of ``key``, the sd of that difference, and the fewest seeds."""
-    va, vb = a.values(key), b.values(key)
-    if not va or not vb:
-        return None
-    (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
-    return ma - mb, math.hypot(sa, sb), min(len(va), len(vb))
-
-
 def verdict(cells: list[Cell]) -> list[str]:
     """Plain sentences: does the paper's direction hold here, and by how much?"""
     by = {c.variant: c for c in cells}
@@ -153,7 +148,7 @@ def verdict(cells: list[Cell]) -> list[str]:
     def compare(a: str, b: str, paper_box: float | None, what: str, expect_positive: bool) -> None:
         if a not in by or b not in by:
             return
-        box, mask = _diff(by[a], by[b], "bbox_AP"), _diff(by[a], by[b], "segm_AP")
+        box, mask = diff(by[a], by[b], "bbox_AP"), diff(by[a], by[b], "segm_AP")
         if box is None or mask is None:
             lines.append(f"- {what}: no AP for one side (diverged or unfinished).")
             if by[a].diverged or by[b].diverged:
@@ -268,6 +263,7 @@ def _section(setting: tuple, recs: list[Record], experiment_dir: Path, multi: bo
         f"{paper.COCO_TABLE6['gn'][1]}, GN long {paper.COCO_TABLE6['gn-long'][0]} / {paper.COCO_TABLE6['gn-long'][1]} "
         "(box / mask AP).\n"
     )
+    out.append(explanation({c.variant: c for c in cells}))
     out.append("\n### AP by object size\n\n")
     out.append(_size_table(cells))
     out.append(

@@ -11,20 +11,34 @@ Two other ways to evaluate a BN model besides its running averages:
 
 The gap between running averages and batch statistics is the train/test mismatch of small-batch BN; what
 remains against BN at a large B is the cost of training with noisy small-batch statistics.
+
+For BN* (BN frozen into an affine, the detection baseline), ``frozen_bn_statistics`` measures how far the
+statistics a transferred backbone meets on new data are from the frozen ones, and ``refit_frozen_bn``
+re-estimates them there (then frozen again).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from groupnorm.convert import set_devices
+from groupnorm.nn.norm import FrozenBatchNorm
 from groupnorm.train import distributed
 
-__all__ = ["batch_norms", "batch_statistics_mode", "precise_bn"]
+__all__ = [
+    "batch_norms",
+    "batch_statistics_mode",
+    "frozen_bn_statistics",
+    "precise_bn",
+    "refit_frozen_bn",
+    "statistics_shift",
+]
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -105,3 +119,74 @@ def batch_statistics_mode(model: nn.Module) -> Iterator[None]:
         for m in bns:
             m.momentum = 0.0  # running = running: nothing is updated
         yield
+
+
+@torch.no_grad()
+def frozen_bn_statistics(
+    body: nn.Module, batches: Iterable[Tensor], *, batch_normalized: bool = False
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per BN* layer of ``body`` (by module name): the per-channel mean and (biased) variance of its input over
+    every position of every batch, in float64.
+
+    ``batch_normalized=False``: the layers normalise with their frozen statistics, as BN* does, so each layer
+    sees what the frozen backbone gives it. ``True``: during this pass each layer normalises with the
+    statistics of the current batch instead (PreciseBN's pass), so a layer's input no longer carries the
+    mismatch of the layers before it.
+    """
+    layers = {name: m for name, m in body.named_modules() if isinstance(m, FrozenBatchNorm)}
+    sums: dict[str, list] = {name: [0.0, 0.0, 0] for name in layers}
+
+    def hook(name: str):
+        def fn(m: FrozenBatchNorm, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+            x = args[0]
+            dims = [0, *range(2, x.dim())]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            shifted = x.double() - m.running_mean.double().view(shape)  # shifted sums: no cancellation
+            acc = sums[name]
+            acc[0] = acc[0] + shifted.sum(dims)
+            acc[1] = acc[1] + shifted.square().sum(dims)
+            acc[2] += x.numel() // x.shape[1]
+            if batch_normalized:
+                return F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+            return None
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    try:
+        for x in batches:
+            body(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, (s1, s2, count) in sums.items():
+        if not count:
+            raise ValueError(f"frozen_bn_statistics: layer {name!r} saw no input (no batches, or not on the path)")
+        mean = s1 / count
+        out[name] = (layers[name].running_mean.double() + mean, (s2 / count - mean.square()).clamp_min(0.0))
+    return out
+
+
+def statistics_shift(layer: FrozenBatchNorm, mean: Tensor, var: Tensor) -> dict[str, float]:
+    """How far a BN* layer's frozen statistics are from ``mean`` and ``var`` (those of the data it meets):
+    ``mean_shift``, the channels' average |mean - frozen mean| in frozen standard deviations, and
+    ``sd_factor``, the channels' geometric-average factor between the two standard deviations (>= 1, either
+    way: 2 means off by 2x, up or down)."""
+    frozen_var = layer.running_var.double() + layer.eps
+    shift = ((mean - layer.running_mean.double()).abs() / frozen_var.sqrt()).mean()
+    log_ratio = 0.5 * ((var + layer.eps) / frozen_var).log().abs().mean()
+    return {"mean_shift": float(shift), "sd_factor": math.exp(float(log_ratio))}
+
+
+@torch.no_grad()
+def refit_frozen_bn(body: nn.Module, batches: Iterable[Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Replace every BN* layer's frozen mean and variance by those of its input over ``batches`` (one
+    PreciseBN pass: ``frozen_bn_statistics(..., batch_normalized=True)``); weight and bias are kept. Returns
+    the new statistics."""
+    stats = frozen_bn_statistics(body, batches, batch_normalized=True)
+    for name, m in body.named_modules():
+        if name in stats:
+            m.running_mean.copy_(stats[name][0])
+            m.running_var.copy_(stats[name][1])
+    return stats

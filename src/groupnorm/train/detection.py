@@ -24,7 +24,9 @@ from groupnorm.data.coco import CocoDataset, DetectionLoader
 from groupnorm.data.scenes import default_scenes_root, ensure_scenes
 from groupnorm.io import atomic_write_json
 from groupnorm.models.maskrcnn import build_mask_rcnn, load_backbone_weights, optimizer_groups
+from groupnorm.nn.norm import FrozenBatchNorm
 from groupnorm.train import distributed
+from groupnorm.train.bn_eval import frozen_bn_statistics, refit_frozen_bn, statistics_shift
 from groupnorm.train.coco_eval import IOU_TYPES, METRICS, coco_evaluate, to_coco_results
 from groupnorm.train.detection_config import DetectionConfig
 from groupnorm.train.distributed import Dist
@@ -36,6 +38,8 @@ __all__ = ["LOSSES", "DetectionTask", "dataset_paths", "evaluate_detector", "ope
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 SAMPLE_SCORE = 0.3  # predictions kept in samples.json score at least this
 SAMPLES = "samples.json"
+BACKBONE_STATS = "backbone_stats.json"  # BN* runs: how far the frozen statistics are from the training images'
+STATS_IMAGES = 1000  # training images that measure (and, backbone_stats="target", re-estimate) BN*'s statistics
 
 
 def dataset_paths(cfg: DetectionConfig, *, generate: bool = True) -> dict[str, tuple[Path, Path]]:
@@ -161,6 +165,7 @@ class DetectionTask(Task[DetectionConfig]):
     def __init__(self, cfg: DetectionConfig, ctx: Dist, local_devices: int, runs_dir: Path) -> None:
         super().__init__(cfg, ctx, local_devices, runs_dir)
         self.samples: list[dict[str, Any]] | None = None
+        self.backbone_stats: dict[str, Any] | None = None
 
     def build(self) -> nn.Module:
         cfg, ctx = self.cfg, self.ctx
@@ -182,6 +187,42 @@ class DetectionTask(Task[DetectionConfig]):
             load_backbone_weights(model.backbone.body, state)
         except ValueError as e:
             raise ValueError(f"{self.cfg.id}: init={self.cfg.init!r}: {e}") from None
+        if any(isinstance(m, FrozenBatchNorm) for m in model.backbone.body.modules()):
+            self.backbone_stats = self._fit_frozen_statistics(model)
+
+    def _backbone_inputs(self, model: nn.Module, batch: int = 8):
+        """The first STATS_IMAGES training images as the backbone receives them (the detector's transform:
+        resized, normalised, batched), in order, without augmentation."""
+        loader = DetectionLoader(self.train_set, batch, train=False)
+        training = model.training
+        model.eval()
+        try:
+            for step, (images, _) in enumerate(loader.epoch(0)):
+                if step * batch >= STATS_IMAGES:
+                    break
+                yield model.transform([img.to(self.ctx.device) for img in images])[0].tensors
+        finally:
+            model.train(training)
+
+    def _fit_frozen_statistics(self, model: nn.Module) -> dict[str, Any]:
+        """Measure, per BN* layer, how far the frozen statistics are from those of the training images (what
+        the paper's BN* baseline meets on a new domain); with backbone_stats="target" re-estimate them there.
+        Reads images only: no random state is drawn, so a BN* run trains as it would without this."""
+        body = model.backbone.body
+        layers = dict(body.named_modules())
+        seen = frozen_bn_statistics(body, self._backbone_inputs(model))
+        record: dict[str, Any] = {
+            "images": min(STATS_IMAGES, len(self.train_set)),
+            "backbone_stats": self.cfg.backbone_stats,
+            "layers": [{"layer": name, **statistics_shift(layers[name], *mv)} for name, mv in seen.items()],
+        }
+        if self.cfg.backbone_stats == "target":
+            refit_frozen_bn(body, self._backbone_inputs(model))
+            after = frozen_bn_statistics(body, self._backbone_inputs(model))
+            record["layers_after"] = [
+                {"layer": name, **statistics_shift(layers[name], *mv)} for name, mv in after.items()
+            ]
+        return record
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return optimizer_groups(model, self.cfg.weight_decay, self.cfg.norm_weight_decay)
@@ -222,6 +263,8 @@ class DetectionTask(Task[DetectionConfig]):
         return {**_flat_metrics(metrics), "val_detections": len(results), "eval_seconds": time.perf_counter() - t0}
 
     def write_records(self, run_dir: Path) -> None:
+        if self.backbone_stats is not None:
+            atomic_write_json(run_dir / BACKBONE_STATS, self.backbone_stats)
         if self.samples is not None:
             atomic_write_json(run_dir / SAMPLES, {"images": self.samples})
 
@@ -241,6 +284,7 @@ class DetectionTask(Task[DetectionConfig]):
             "head": cfg.head,
             "head_norm": cfg.head_norm,
             "pretrained": bool(cfg.init),
+            "backbone_stats": cfg.backbone_stats,
             "final_loss": metrics[-1]["loss"] if metrics else float("nan"),
             **{f"{t}_{k}": last.get(f"{t}_{k}") for t in IOU_TYPES for k in METRICS},
         }

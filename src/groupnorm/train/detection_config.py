@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from groupnorm.data.scenes import SceneSpec
-from groupnorm.train.config import RunConfig, slug, unhashed
+from groupnorm.train.config import RunConfig, hashed_unless_default, slug, unhashed
 
 __all__ = ["HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionConfig"]
 
 HEADS = ("2fc", "4conv1fc")
 DATASETS = ("scenes", "coco")
 BACKBONES = ("tvresnet", "resnet50")
+BACKBONE_STATS = ("pretrained", "target")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -45,6 +46,9 @@ class DetectionConfig(RunConfig):
     width: int = 16
     backbone_norm: str = "gn"  # BN* (bn:frozen, pre-trained only), bn (per device), bn:sync, gn:G, ...
     # init (RunConfig): the backbone's classification checkpoint (relative to the runs dir or absolute); "": scratch
+    # BN*'s frozen statistics: the pre-trained classifier's, or re-estimated on this run's training images
+    # ("target": one PreciseBN pass over up to 1000 of them before training, then frozen again)
+    backbone_stats: str = hashed_unless_default("pretrained")
     trainable_layers: int = 5  # backbone stages trained, from layer4 down (5: all, stem included; 3: Detectron's)
     # FPN and heads
     fpn_channels: int = 256
@@ -87,7 +91,7 @@ class DetectionConfig(RunConfig):
         from groupnorm.nn.spec import parse_norm_spec
 
         super().__post_init__()
-        choices = {"dataset": DATASETS, "backbone": BACKBONES, "head": HEADS}
+        choices = {"dataset": DATASETS, "backbone": BACKBONES, "head": HEADS, "backbone_stats": BACKBONE_STATS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
@@ -127,6 +131,11 @@ class DetectionConfig(RunConfig):
         if not self.init and parse_norm_spec(self.backbone_norm).variant == "frozen":
             raise ValueError("backbone_norm='bn:frozen' (BN*) freezes statistics a pretrained backbone brings; "
                              "from scratch use bn, bn:sync or gn")  # fmt: skip
+        if self.backbone_stats == "target" and parse_norm_spec(self.backbone_norm).variant != "frozen":
+            raise ValueError(
+                f"backbone_stats='target' re-estimates BN*'s frozen statistics: it needs backbone_norm='bn:frozen'; "
+                f"got {self.backbone_norm!r}"
+            )
         if self.backbone == "resnet50" and (self.depth, self.width) != (50, 64):
             raise ValueError(f"backbone resnet50 has depth 50, width 64; got depth={self.depth}, width={self.width}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
@@ -169,6 +178,8 @@ class DetectionConfig(RunConfig):
         data = f"scenes{self.scene_size}" if self.dataset == "scenes" else "coco"
         model = f"r{self.depth}w{self.width}" if self.backbone == "tvresnet" else self.backbone
         backbone = slug(self.backbone_norm.replace(":frozen", "frozen"))
+        if self.backbone_stats != "pretrained":
+            backbone += f"-{self.backbone_stats}"
         start = "pre" if self.init else "scratch"
         head = f"{self.head}-{slug(self.head_norm)}"
         return f"{data}_{model}_{backbone}_{start}_{head}_b{self.images_per_device}_s{self.seed}"
