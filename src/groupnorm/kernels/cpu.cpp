@@ -514,6 +514,14 @@ constexpr int64_t kBlk = 2;  // 16 ymm registers: 2 x 16 floats is 4 registers p
 // Rows per piece: float32 sums of at most this many terms, then float64.
 constexpr int64_t kRowsPerPiece = 256;
 
+// Rows per piece of a sample of S rows of C channels: at most kRowsPerPiece, and about kPiece elements, so
+// that a sample of wide rows (C = 1280, S = 256: 12 rows) still splits into pieces enough for every thread
+// of a one-sample wave. A function of the shape alone: the result does not depend on the threads.
+inline int64_t rows_per_piece(int64_t S, int64_t C) {
+  const int64_t by_size = std::max<int64_t>(4, 4 * kPiece / std::max<int64_t>(C, 1));
+  return std::max<int64_t>(1, std::min({S, kRowsPerPiece, by_size}));
+}
+
 // For channels [0, V * kV) of `rows` rows C apart: s1 = sum(x - k), s2 = sum((x - k)^2).
 template <class L, int V>
 inline void shifted_sums_block(const typename L::T* xs, int64_t C, int64_t rows, const typename L::T* k, float* s1,
@@ -621,7 +629,7 @@ template <class L, int ACT>
 void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_t N, int64_t C, int64_t S,
                   int64_t G, double eps, typename L::T* y, float* mean_out, float* rstd_out, int nthreads,
                   int64_t budget) {
-  const int64_t D = C / G, R = std::min(S, kRowsPerPiece);
+  const int64_t D = C / G, R = rows_per_piece(S, C);
   const int64_t pps = (S + R - 1) / R;  // pieces per sample
   const double inv_s = 1.0 / double(S);
   const int64_t wave = std::min(N, samples_per_wave(C * S * int64_t(sizeof(typename L::T)), budget));
