@@ -188,12 +188,21 @@ def supports(x: Tensor) -> bool:
 def _layout(x: Tensor) -> tuple[Tensor, int, torch.memory_format]:
     """x in the layout the kernels read, with its code (0: N,C,S; 1: N,S,C) and memory format."""
     fmt = memory_format_of(x)
-    return x.contiguous(memory_format=fmt), (0 if fmt is torch.contiguous_format else 1), fmt
+    code = 0 if fmt is torch.contiguous_format else 1
+    return (x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)), code, fmt
+
+
+def _float32(t: Tensor) -> Tensor:
+    """t as a contiguous float32 tensor whose data the kernels read (t itself when it is one already: a call
+    on small maps is mostly this kind of overhead)."""
+    if t.dtype is torch.float32 and t.is_contiguous():
+        return t
+    return t.detach().to(torch.float32).contiguous()
 
 
 def _params(weight: Tensor | None, bias: Tensor | None, c: int) -> tuple[Tensor, Tensor]:
-    w = torch.ones(c) if weight is None else weight.detach().to(torch.float32).contiguous()
-    b = torch.zeros(c) if bias is None else bias.detach().to(torch.float32).contiguous()
+    w = torch.ones(c) if weight is None else _float32(weight)
+    b = torch.zeros(c) if bias is None else _float32(bias)
     return w, b
 
 
@@ -262,13 +271,16 @@ def backward(
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     xc, layout, fmt = _layout(x)
-    dyc = dy.to(x.dtype).contiguous(memory_format=fmt)
+    dyc = (
+        dy
+        if dy.dtype is x.dtype and dy.is_contiguous(memory_format=fmt)
+        else dy.to(x.dtype).contiguous(memory_format=fmt)
+    )
     dx = torch.empty_like(xc, memory_format=fmt)
     dw = torch.empty(c, dtype=torch.float32)
     db = torch.empty(c, dtype=torch.float32)
     w, b = _params(weight, bias, c)
-    mean = mean.to(torch.float32).contiguous()
-    rstd = rstd.to(torch.float32).contiguous()
+    mean, rstd = _float32(mean), _float32(rstd)
     threads, code, wave = _tuning(mode)
     rc = lib.gn_backward(
         DTYPES[x.dtype], layout, ACTS[act], dyc.data_ptr(), xc.data_ptr(), w.data_ptr(), b.data_ptr(),
