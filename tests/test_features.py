@@ -163,7 +163,7 @@ def test_smoke_reproduce_features_end_to_end(tmp_path, capsys):
     report = (exp / "report.md").read_text()
     for words in ("### Verdict", "Figure 6", "29.2", "28.0", "27.6", "before norm and ReLU"):
         assert words in report
-    for fig in ("fig6_main.png", "fig6_spread_main.png"):
+    for fig in ("fig6_main.png", "fig6_spread_main.png", "curves_main.png"):  # curves: train and val error
         assert (exp / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{fig}" in report
     rows = json.loads((exp / "summary.json").read_text())["rows"]

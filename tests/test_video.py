@@ -112,7 +112,7 @@ def test_smoke_reproduce_end_to_end_with_top5_report_and_resume(tmp_path, cache,
     rows = json.loads((exp / "summary.json").read_text())["rows"]
     assert len(rows) == 6 and {(r["frames"], r["clips_per_device"]) for r in rows} == {(4, 4), (4, 2), (8, 2)}
     assert all(r["top5_mean"] >= r["top1_mean"] for r in rows)
-    assert len(list((exp / "figures").glob("*.png"))) == 2
+    assert len(list((exp / "figures").glob("*.png"))) == 2 and "Train (dashed) and val (solid) top-1 error" in report
     out = capsys.readouterr().out
     assert "Verdict" in out
 

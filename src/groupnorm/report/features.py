@@ -18,6 +18,7 @@ from groupnorm.report import common, paper
 from groupnorm.report.common import (
     convergence,
     convergence_text,
+    curves_figure,
     fmt,
     gated,
     group_cells,
@@ -278,6 +279,12 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             "Spread",
             "the distance between the outermost percentiles, all norms on one log scale.",
             lambda: _fig_spread(curves),
+        ),
+        (
+            f"curves_{slug}.png",
+            "Convergence",
+            "train (dashed) and val (solid) error per epoch, mean over seeds.",
+            lambda: curves_figure({"train and val error": [(norm_label(n), r) for n, r in runs.items()]}, width=5.0),
         ),
     ):
         fig = draw()

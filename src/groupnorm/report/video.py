@@ -72,10 +72,6 @@ class VideoCell(common.Cell):
     def stats(self, key: str) -> tuple[float, float]:
         return mean_std(getattr(self, key))
 
-    def top1_curve(self) -> list[float]:
-        """Val top-1 accuracy per epoch, averaged over seeds."""
-        return [100.0 - e for e in self.curve("val_error")]
-
 
 def clip_of(config: dict[str, Any]) -> tuple[str, int]:
     """(clip family, frames) of a run's config (records from before ``frames`` was a field name the
@@ -332,7 +328,11 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
             "Top-1 accuracy per setting, ours and the paper's",
             lambda: fig_bars(cells, norms, cols),
         ),
-        (f"curves_{slug}.png", "Val top-1 accuracy per epoch", lambda: fig_curves(cells, norms, cols)),
+        (
+            f"curves_{slug}.png",
+            "Train (dashed) and val (solid) top-1 error per epoch, mean over seeds",
+            lambda: fig_curves(cells, norms, cols),
+        ),
     ):
         fig = draw()
         if fig is not None:

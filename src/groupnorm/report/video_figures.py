@@ -1,8 +1,8 @@
-"""The video report's figures: top-1 per column beside Table 8's, and val top-1 per epoch."""
+"""The video report's figures: top-1 per column beside Table 8's, and train and val error per epoch."""
 
 from __future__ import annotations
 
-from groupnorm.report.common import norm_label, pyplot
+from groupnorm.report.common import curves_figure, norm_label, pyplot
 from groupnorm.report.paper import TABLE8, TABLE8_COLUMNS
 
 __all__ = ["fig_bars", "fig_curves"]
@@ -48,24 +48,10 @@ def fig_bars(cells, norms, cols):
 
 
 def fig_curves(cells, norms, cols):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    styles = ["-", "--", ":", "-."]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, c in enumerate(cols):
-        for i, norm in enumerate(norms):
-            if (norm, *c) not in cells:
-                continue
-            curve = cells[(norm, *c)].top1_curve()
-            ax.plot(
-                range(1, len(curve) + 1),
-                curve,
-                styles[i % len(styles)],
-                color=colors[j % len(colors)],
-                label=f"{norm_label(norm)}, {c[0]} fr / {c[1]} per dev",
-            )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    """Train (dashed) and val (solid) top-1 error per epoch: a panel per (clip length, clips per device)."""
+    panels = {
+        f"{c[0]} frames, {c[1]} clips/device": [(norm_label(n), cells[(n, *c)]) for n in norms if (n, *c) in cells]
+        for c in cols
+    }
+    panels = {title: lines for title, lines in panels.items() if lines}
+    return curves_figure(panels) if panels else None
