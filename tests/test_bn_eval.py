@@ -140,3 +140,31 @@ def test_statistics_shift_counts_a_factor_either_way():
     shift = statistics_shift(layer, torch.tensor([1.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 4.0]).double())
     assert shift["mean_shift"] == pytest.approx(0.25)  # (1/2 + 0) / 2
     assert shift["sd_factor"] == pytest.approx(2.0)  # sd off by 2x down in one channel, 2x up in the other
+
+
+def test_the_shift_baseline_script_measures_a_classifier_on_its_own_images(tmp_path, capsys):
+    """scripts/bn_stats_shift.py: a BN classifier's running statistics against its own training images (the
+    baseline of the detection report's shift table) are close; a GN run is refused, naming the argument."""
+    import importlib.util
+    from pathlib import Path
+
+    from groupnorm.train import run_dir_of
+
+    path = Path(__file__).parents[1] / "scripts" / "bn_stats_shift.py"
+    spec = importlib.util.spec_from_file_location("bn_stats_shift", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    kw = dict(model="tvresnet", depth=10, width=8, train_images=512, val_images=128, epochs=2, images_per_device=32,
+              devices=1, threads=1)  # fmt: skip
+    cfg = TrainConfig(norm="bn", **kw)
+    train_run(cfg, tmp_path, log=lambda m: None)
+    assert script.main([str(run_dir_of(cfg, tmp_path) / "checkpoint.pt"), "--images", "256"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[0] == "bn1" and lines[-1].startswith("average")
+    shift, factor = map(float, lines[-1].split()[1:])
+    assert 0 <= shift < 0.5 and 1 <= factor < 1.5
+    gn = TrainConfig(norm="gn:4", **{**kw, "epochs": 1})
+    train_run(gn, tmp_path, log=lambda m: None)
+    with pytest.raises(SystemExit):
+        script.main([str(run_dir_of(gn, tmp_path) / "checkpoint.pt")])
+    assert "checkpoint: expected a run with norm 'bn'" in capsys.readouterr().err
