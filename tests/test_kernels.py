@@ -23,7 +23,7 @@ from groupnorm.kernels import cpu
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 ACTS = ("identity", "relu", "silu")
 # (shape, groups): C/G not a power of two, H*W = 1, H*W not a multiple of any block size,
-# 1-D and 3-D spatial dims, a single group (LayerNorm) and single-channel groups (InstanceNorm)
+# 1-D and 3-D spatial dims, runs over a chunk, a single group (LayerNorm) and single-channel groups (InstanceNorm)
 CASES = [
     ((2, 6, 5, 7), 3),
     ((3, 10, 3, 3), 5),
@@ -32,6 +32,7 @@ CASES = [
     ((2, 8, 37), 1),
     ((2, 5, 4, 3), 5),
     ((2, 40, 9, 11), 8),
+    ((1, 4, 4100), 2),  # a channel's run longer than one float32 chunk (4096), with a partial vector after it
 ]
 
 

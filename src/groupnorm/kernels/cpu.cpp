@@ -263,6 +263,150 @@ struct SplitMean {
 };
 
 // ---------------------------------------------------------------------------------------
+// NCHW runs: the S contiguous values of one channel, in vectors of kV, four at a time (independent
+// chains of the activations' exp). A run's last partial vector is the vector that ends with the run
+// (overlapping values already done, which it recomputes to the same bits), so a 14x14 map costs one
+// more vector per channel rather than 4 scalar exps; only runs shorter than a vector go through a
+// zero-padded copy.
+constexpr int kUnroll = 4;
+
+template <class T>
+inline void copy_tail(T* dst, const T* src, int64_t count) {
+  std::memcpy(dst, src, size_t(count) * sizeof(T));
+}
+
+// v in the lanes >= first, 0 below (drops the overlapped lanes of a run's last vector from its sums)
+inline vf lanes_from(vf v, int64_t first) {
+  vi lane;
+  for (int i = 0; i < kV; ++i) lane[i] = i;
+  return lane >= int32_t(first) ? v : splat<vf>(0.0f);
+}
+
+// y = act((x - hi) * sc + sh) over a run of len values.
+template <class L, int ACT>
+inline void output_run(const typename L::T* xr, typename L::T* yr, int64_t len, float hi, float sc, float sh) {
+  using T = typename L::T;
+  const vf h = splat<vf>(hi), a = splat<vf>(sc), t = splat<vf>(sh);
+  if (len < kV) {
+    T in[kV] = {}, out[kV];
+    copy_tail(in, xr, len);
+    L::storev(out, act_forward<ACT>((L::loadv(in) - h) * a + t));
+    copy_tail(yr, out, len);
+    return;
+  }
+  int64_t s = 0;
+  for (; s + kUnroll * kV <= len; s += kUnroll * kV) {
+    vf r[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) r[u] = act_forward<ACT>((L::loadv(xr + s + u * kV) - h) * a + t);
+    for (int u = 0; u < kUnroll; ++u) L::storev(yr + s + u * kV, r[u]);
+  }
+  for (; s + kV <= len; s += kV) L::storev(yr + s, act_forward<ACT>((L::loadv(xr + s) - h) * a + t));
+  if (s < len) L::storev(yr + len - kV, act_forward<ACT>((L::loadv(xr + len - kV) - h) * a + t));
+}
+
+// SiLU's backward in float32 computes dz once: the sums pass keeps it in dx, the dx pass reads it back.
+template <class L, int ACT>
+constexpr bool kKeepDz = ACT == kSilu && sizeof(typename L::T) == sizeof(float);
+
+// The sums of dz and of dz * (x - mean) over a run of one channel: float32 vectors over chunks of kChunk,
+// then float64. dz = act'(z) dy with z = (x - mean) * scale + shift; kept in keep[] where kKeepDz.
+template <class L, int ACT>
+inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, typename L::T* keep, int64_t len,
+                              float mh, float scale, float shift, double& sa, double& sb) {
+  using T = typename L::T;
+  const vf m = splat<vf>(mh), a = splat<vf>(scale), t = splat<vf>(shift);
+  sa = 0.0;
+  sb = 0.0;
+  if (len < kV) {  // padded with dy = 0, so dz = 0 in the padding and it adds nothing
+    T xin[kV] = {}, gin[kV] = {}, out[kV];
+    copy_tail(xin, xr, len);
+    copy_tail(gin, gr, len);
+    const vf xc = L::loadv(xin) - m;
+    const vf dz = act_backward<ACT>(L::loadv(gin), xc * a + t);
+    if constexpr (kKeepDz<L, ACT>) {
+      L::storev(out, dz);
+      copy_tail(keep, out, len);
+    }
+    sa = double(hsum(dz));
+    sb = double(hsum(dz * xc));
+    return;
+  }
+  for (int64_t s0 = 0; s0 < len; s0 += kChunk) {
+    const int64_t s1 = std::min(len, s0 + kChunk);
+    vf va[kUnroll], vb[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) va[u] = vb[u] = splat<vf>(0.0f);
+    int64_t s = s0;
+    for (; s + kUnroll * kV <= s1; s += kUnroll * kV) {
+      for (int u = 0; u < kUnroll; ++u) {
+        const vf xc = L::loadv(xr + s + u * kV) - m;
+        const vf dz = act_backward<ACT>(L::loadv(gr + s + u * kV), xc * a + t);
+        if constexpr (kKeepDz<L, ACT>) L::storev(keep + s + u * kV, dz);
+        va[u] += dz;
+        vb[u] += dz * xc;
+      }
+    }
+    for (; s + kV <= s1; s += kV) {
+      const vf xc = L::loadv(xr + s) - m;
+      const vf dz = act_backward<ACT>(L::loadv(gr + s), xc * a + t);
+      if constexpr (kKeepDz<L, ACT>) L::storev(keep + s, dz);
+      va[0] += dz;
+      vb[0] += dz * xc;
+    }
+    if (s < s1) {  // the vector ending at s1 (s1 >= kV here); its first lanes were summed already
+      const int64_t at = s1 - kV;
+      const vf xc = L::loadv(xr + at) - m;
+      const vf dz = act_backward<ACT>(L::loadv(gr + at), xc * a + t);
+      if constexpr (kKeepDz<L, ACT>) L::storev(keep + at, dz);
+      va[1] += lanes_from(dz, s - at);
+      vb[1] += lanes_from(dz * xc, s - at);
+    }
+    sa += double(hsum((va[0] + va[1]) + (va[2] + va[3])));
+    sb += double(hsum((vb[0] + vb[1]) + (vb[2] + vb[3])));
+  }
+}
+
+// dx = c1 dz + c2 (x - mean) + c3 (dz read back from dx where kKeepDz).
+template <class L, int ACT>
+inline vf dx_of(vf x, vf g_or_dz, vf m, vf a, vf t, vf k1, vf k2, vf k3) {
+  const vf xc = x - m;
+  vf dz;
+  if constexpr (kKeepDz<L, ACT>)
+    dz = g_or_dz;
+  else
+    dz = act_backward<ACT>(g_or_dz, xc * a + t);
+  return k1 * dz + k2 * xc + k3;
+}
+
+// dx over a run of one channel. The last, overlapping vector is computed first: where dz is kept in dx,
+// the main loop overwrites the dz it reads.
+template <class L, int ACT>
+inline void backward_run_dx(const typename L::T* xr, const typename L::T* gr, typename L::T* dxr, int64_t len,
+                            float mh, float scale, float shift, float c1, float c2, float c3) {
+  using T = typename L::T;
+  const vf m = splat<vf>(mh), a = splat<vf>(scale), t = splat<vf>(shift);
+  const vf k1 = splat<vf>(c1), k2 = splat<vf>(c2), k3 = splat<vf>(c3);
+  const T* src = kKeepDz<L, ACT> ? dxr : gr;  // dz kept in dx, or dy
+  if (len < kV) {
+    T xin[kV] = {}, gin[kV] = {}, out[kV];
+    copy_tail(xin, xr, len);
+    copy_tail(gin, src, len);
+    L::storev(out, dx_of<L, ACT>(L::loadv(xin), L::loadv(gin), m, a, t, k1, k2, k3));
+    copy_tail(dxr, out, len);
+    return;
+  }
+  const vf last = dx_of<L, ACT>(L::loadv(xr + len - kV), L::loadv(src + len - kV), m, a, t, k1, k2, k3);
+  int64_t s = 0;
+  for (; s + kUnroll * kV <= len; s += kUnroll * kV) {
+    vf r[kUnroll];
+    for (int u = 0; u < kUnroll; ++u)
+      r[u] = dx_of<L, ACT>(L::loadv(xr + s + u * kV), L::loadv(src + s + u * kV), m, a, t, k1, k2, k3);
+    for (int u = 0; u < kUnroll; ++u) L::storev(dxr + s + u * kV, r[u]);
+  }
+  for (; s + kV <= len; s += kV) L::storev(dxr + s, dx_of<L, ACT>(L::loadv(xr + s), L::loadv(src + s), m, a, t, k1, k2, k3));
+  L::storev(dxr + len - kV, last);
+}
+
+// ---------------------------------------------------------------------------------------
 // forward
 
 template <class L, int ACT>
@@ -311,8 +455,7 @@ void forward_nchw_split(const typename L::T* x, const float* w, const float* b, 
         const int64_t d = i / S, stop = std::min(end, (d + 1) * S);
         const int64_t c = g * D + d;
         const float scale = float(rstd * double(w[c])), shift = b[c] - mu.lo * scale;
-#pragma omp simd
-        for (int64_t j = i; j < stop; ++j) L::store(yg, j, act_forward<ACT>((L::load(xg, j) - mu.hi) * scale + shift));
+        output_run<L, ACT>(xg + i, yg + i, stop - i, mu.hi, scale, shift);
         i = stop;
       }
     }
@@ -377,19 +520,10 @@ void backward_nchw_split(const typename L::T* dy, const typename L::T* x, const 
         const int64_t d = i / S, stop = std::min(end, (d + 1) * S);
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
-        for (int64_t j0 = i; j0 < stop; j0 += kChunk) {
-          const int64_t j1 = std::min(stop, j0 + kChunk);
-          float a = 0.0f, bb = 0.0f;
-#pragma omp simd reduction(+ : a, bb)
-          for (int64_t j = j0; j < j1; ++j) {
-            float xc = L::load(xg, j) - mh;
-            float dz = act_backward<ACT>(L::load(gg, j), xc * scale + shift);
-            a += dz;
-            bb += dz * xc;
-          }
-          qa[d] += a;
-          qb[d] += bb;
-        }
+        double a, bb;
+        backward_run_sums<L, ACT>(xg + i, gg + i, dx + grp * len + i, stop - i, mh, scale, shift, a, bb);
+        qa[d] += a;
+        qb[d] += bb;
         i = stop;
       }
     }
@@ -431,13 +565,8 @@ void backward_nchw_split(const typename L::T* dy, const typename L::T* x, const 
         const int64_t d = i / S, stop = std::min(end, (d + 1) * S);
         const int64_t c = g * D + d, row = (grp - n0 * G) * D + d;
         const float scale = rstd * w[c], shift = b[c];
-        const float k1 = c1[size_t(row)], k2 = c2[size_t(row)], k3 = c3[size_t(row)];
-#pragma omp simd
-        for (int64_t j = i; j < stop; ++j) {
-          float xc = L::load(xg, j) - mh;
-          float dz = act_backward<ACT>(L::load(gg, j), xc * scale + shift);
-          L::store(og, j, k1 * dz + k2 * xc + k3);
-        }
+        backward_run_dx<L, ACT>(xg + i, gg + i, og + i, stop - i, mh, scale, shift, c1[size_t(row)],
+                                c2[size_t(row)], c3[size_t(row)]);
         i = stop;
       }
     }
@@ -484,10 +613,7 @@ void forward_nchw_tasks(const typename L::T* x, const float* w, const float* b, 
     for (int64_t d = 0; d < D; ++d) {
       const int64_t c = g * D + d;
       const float scale = float(rstd * double(w[c])), shift = b[c] - mu.lo * scale;
-      const typename L::T* xr = x + grp * len + d * S;
-      typename L::T* yr = y + grp * len + d * S;
-#pragma omp simd
-      for (int64_t s = 0; s < S; ++s) L::store(yr, s, act_forward<ACT>((L::load(xr, s) - mu.hi) * scale + shift));
+      output_run<L, ACT>(x + grp * len + d * S, y + grp * len + d * S, S, mu.hi, scale, shift);
     }
   }
 }
@@ -726,22 +852,9 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
-        const typename L::T* xr = x + grp * len + d * S;
-        const typename L::T* gr = dy + grp * len + d * S;
-        double sa = 0, sb = 0;
-        for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
-          const int64_t s1 = std::min(S, s0 + kChunk);
-          float a = 0.0f, bb = 0.0f;
-#pragma omp simd reduction(+ : a, bb)
-          for (int64_t s = s0; s < s1; ++s) {
-            float xc = L::load(xr, s) - mh;
-            float dz = act_backward<ACT>(L::load(gr, s), xc * scale + shift);
-            a += dz;
-            bb += dz * xc;
-          }
-          sa += a;
-          sb += bb;
-        }
+        const int64_t off = grp * len + d * S;
+        double sa, sb;
+        backward_run_sums<L, ACT>(x + off, dy + off, dx + off, S, mh, scale, shift, sa, sb);
         Ag[d] = sa;
         Bg[d] = sb * double(rstd);
       }
@@ -749,16 +862,8 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
-        const float c1 = k1[d], c2 = k2[d], c3 = k3[d];
-        const typename L::T* xr = x + grp * len + d * S;
-        const typename L::T* gr = dy + grp * len + d * S;
-        typename L::T* orow = dx + grp * len + d * S;
-#pragma omp simd
-        for (int64_t s = 0; s < S; ++s) {
-          float xc = L::load(xr, s) - mh;
-          float dz = act_backward<ACT>(L::load(gr, s), xc * scale + shift);
-          L::store(orow, s, c1 * dz + c2 * xc + c3);
-        }
+        const int64_t off = grp * len + d * S;
+        backward_run_dx<L, ACT>(x + off, dy + off, dx + off, S, mh, scale, shift, k1[d], k2[d], k3[d]);
       }
     }
   }
@@ -780,8 +885,8 @@ constexpr int V_BWD = 1;
 constexpr int64_t kRowsPerPieceBwd = 32;
 
 template <class L, int ACT, int V>
-inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs, int64_t C, int64_t rows,
-                                const float* m, const float* sc, const float* bb, float* qa, float* qb) {
+inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs, typename L::T* ks, int64_t C,
+                                int64_t rows, const float* m, const float* sc, const float* bb, float* qa, float* qb) {
   vf mv[V], sv[V], bv[V], a[V], q[V];
   for (int v = 0; v < V; ++v) {
     mv[v] = loadf(m + v * kV);
@@ -794,6 +899,7 @@ inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs
     for (int v = 0; v < V; ++v) {
       const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
       const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
+      if constexpr (kKeepDz<L, ACT>) L::storev(ks + r * C + v * kV, dz);  // read back by backward_dx_block
       a[v] += dz;
       q[v] += dz * xc;
     }
@@ -820,7 +926,11 @@ inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, 
   for (int64_t r = 0; r < rows; ++r) {
     for (int v = 0; v < V; ++v) {
       const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
-      const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
+      vf dz;
+      if constexpr (kKeepDz<L, ACT>)
+        dz = L::loadv(os + r * C + v * kV);  // kept there by backward_sums_block
+      else
+        dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
       L::storev(os + r * C + v * kV, c1[v] * dz + c2[v] * xc + c3[v]);
     }
   }
@@ -857,15 +967,17 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       float* qa = pa.data() + p * C;
       float* qb = pb.data() + p * C;
       int64_t c = 0;
+      typename L::T* ks = dx + (n * S + r0) * C;  // where kKeepDz keeps dz for the dx pass
       for (; c + VW <= C; c += VW)
-        backward_sums_block<L, ACT, V_BWD>(xs + c, gs + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
+        backward_sums_block<L, ACT, V_BWD>(xs + c, gs + c, ks + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
       for (; c + kV <= C; c += kV)
-        backward_sums_block<L, ACT, 1>(xs + c, gs + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
+        backward_sums_block<L, ACT, 1>(xs + c, gs + c, ks + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
       for (; c < C; ++c) {
         float sa = 0.0f, sb = 0.0f;
         for (int64_t r = 0; r < rows; ++r) {
           const float xc = L::load(xs, r * C + c) - m[c];
           const float dz = act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
+          if constexpr (kKeepDz<L, ACT>) L::store(ks, r * C + c, dz);
           sa += dz;
           sb += dz * xc;
         }
@@ -910,7 +1022,8 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       for (; c < C; ++c) {
         for (int64_t r = 0; r < rows; ++r) {
           const float xc = L::load(xs, r * C + c) - m[c];
-          const float dz = act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
+          const float dz = kKeepDz<L, ACT> ? L::load(os, r * C + c)
+                                           : act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
           L::store(os, r * C + c, c1[c] * dz + c2[c] * xc + c3[c]);
         }
       }
