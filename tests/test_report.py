@@ -122,3 +122,21 @@ def test_the_family_is_printed_beside_bn_and_gn_with_the_papers_batch_renorm(tmp
     text = build_report(exp).read_text()
     assert "### The family at small batches" in text and "Batch Renorm 26.3, BN 27.3, GN 24.2" in text
     assert "| EvoNorm-S0 (G=8) | – | 11.50 |" in text and "| BRN | 10.20 | 12.50 |" in text
+
+
+@pytest.mark.parametrize(
+    ("fix", "rest", "total", "words"),
+    [
+        ((3.0, 0.5, 3), (0.2, 0.5, 3), (3.2, 0.5, 3), "**The frozen statistics are the cause**"),
+        ((2.0, 0.5, 3), (2.0, 0.5, 3), (4.0, 0.5, 3), "**The frozen statistics are part of the cause**"),
+        ((0.3, 0.5, 3), (3.0, 0.5, 3), (3.3, 0.5, 3), "**The frozen statistics are not the main cause**"),
+        ((2.5, 1.3, 3), (0.6, 1.2, 3), (3.1, 1.0, 3), "recovers +2.5 box AP (81% of the +3.1)"),
+        ((0.5, 1.0, 3), (0.1, 1.0, 3), (0.6, 1.0, 3), "there is no gap beyond noise to explain"),
+        ((3.0, 0.0, 1), (0.1, 0.0, 1), (3.1, 0.0, 1), "One seed per variant"),
+    ],
+)
+def test_detection_bn_reading_words_only_what_the_noise_allows(fix, rest, total, words):
+    """(difference, sd of it, seeds): a cause is named only where a difference exceeds twice its sd."""
+    from groupnorm.report.detection_bn import reading
+
+    assert words in reading(fix, rest, total)

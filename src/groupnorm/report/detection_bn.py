@@ -22,7 +22,7 @@ from typing import Any
 from groupnorm.report.common import Cell, markdown_table, mean_std, seed_noise_note
 from groupnorm.train.detection import BACKBONE_STATS
 
-__all__ = ["diff", "explanation", "shift_rows"]
+__all__ = ["diff", "explanation", "reading", "shift_rows"]
 
 SHIFT_TABLE_LAYERS = 12  # the table shows this many layers (first and last ones), the averages cover all
 
@@ -98,30 +98,42 @@ def explanation(by: Mapping[str, Cell]) -> str:
             lines.append((a, b, d))
             out.append(f"- {what}: {d[0]:+.1f} box AP ({seed_noise_note(*d)}).\n")
     found = {(a, b): d for a, b, d in lines}
-    fix, rest = found.get(("bn*-target", "bn*")), found.get(("bn", "bn*-target"))
-    if fix is not None and rest is not None:
-        out.append("\n" + _reading(fix, rest) + "\n")
+    fix, rest, total = found.get(("bn*-target", "bn*")), found.get(("bn", "bn*-target")), found.get(("bn", "bn*"))
+    if fix is not None and rest is not None and total is not None:
+        out.append("\n" + reading(fix, rest, total) + "\n")
     return "".join(out)
 
 
-def _reading(fix: tuple[float, float, int], rest: tuple[float, float, int]) -> str:
-    """What the two differences say about the cause, worded only as far as the seed noise allows."""
-    if fix[2] < 2 or rest[2] < 2:
+def reading(fix: tuple[float, float, int], rest: tuple[float, float, int], total: tuple[float, float, int]) -> str:
+    """What the differences say about the cause, worded only as far as the seed noise allows: ``total`` is
+    fine-tuned BN − BN*, ``fix`` the part that re-estimating BN*'s statistics recovers, ``rest`` what is left."""
+    if min(fix[2], rest[2], total[2]) < 2:
         return "One seed per variant: no reading of the cause until there are more."
+    share = f" ({100 * fix[0] / total[0]:.0f}% of the {total[0]:+.1f})" if abs(total[0]) > 1e-9 else ""
+    if not _beyond(total):
+        return (
+            f"Fine-tuned BN and BN* are within seed noise of each other ({total[0]:+.1f} box AP): there is no gap "
+            "beyond noise to explain."
+        )
     if _beyond(fix) and fix[0] > 0 and not _beyond(rest):
         return (
-            "**The frozen statistics are the cause**: re-estimating BN*'s statistics on the detection images "
-            "gains beyond seed noise, and what is left against fine-tuned BN is within it."
+            f"**The frozen statistics are the cause**: re-estimating BN*'s statistics on the detection images gains "
+            f"{fix[0]:+.1f} box AP{share}, beyond seed noise, and what is left against fine-tuned BN is within it."
         )
     if _beyond(fix) and fix[0] > 0:
         return (
-            f"**The frozen statistics are part of the cause**: re-estimating them gains {fix[0]:+.1f} box AP "
+            f"**The frozen statistics are part of the cause**: re-estimating them gains {fix[0]:+.1f} box AP{share} "
             f"(beyond noise), and fine-tuned BN is a further {rest[0]:+.1f} away (beyond noise): the rest comes "
             "from normalising with batch statistics while the weights move."
         )
-    if not _beyond(fix):
+    if _beyond(rest):
         return (
-            "**The frozen statistics are not the cause**: re-estimating them changes BN* within seed noise, so "
-            "what separates fine-tuned BN from BN* is normalising with batch statistics while the weights move."
+            f"**The frozen statistics are not the main cause**: re-estimating them moves BN* by {fix[0]:+.1f} box AP "
+            f"(within noise), while fine-tuned BN stays {rest[0]:+.1f} ahead of that (beyond noise): what separates "
+            "them is normalising with batch statistics while the weights move."
         )
-    return "Re-estimating BN*'s statistics on the detection images makes it worse, beyond seed noise."
+    return (
+        f"Re-estimating BN*'s statistics recovers {fix[0]:+.1f} box AP{share} and leaves {rest[0]:+.1f} to "
+        "fine-tuned BN, but neither step is beyond seed noise on its own: the frozen statistics explain that much "
+        "of the gap as a point estimate; more seeds would be needed to call it."
+    )
