@@ -145,24 +145,33 @@ def test_cpu_kernels_adversarial_inputs_within_1e3_of_float64(kind, dtype, fmt):
         torch.testing.assert_close(rstd.double(), torch.rsqrt(xs.var(-1, correction=0) + 1e-5), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_cpu_kernels_are_deterministic_across_thread_counts(fmt):
-    # in the tasks mode (enough groups for every thread count here) results are bitwise equal
-    x = torch.randn(3, 48, 20, 20).contiguous(memory_format=fmt)
-    w, b, dy = torch.randn(48), torch.randn(48), torch.randn_like(x)
+def same_bits_for_every_thread_count(run, repeats: int = 1) -> tuple:
+    """run() under 1, 2 and 3 threads (``repeats`` times each): the outputs must be bitwise equal; the first."""
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            for _ in range(2):
-                y, mean, rstd = cpu.forward(x, w, b, 6, 1e-5, "silu", mode="tasks")
-                results.append((y, *cpu.backward(dy, x, w, b, mean, rstd, 6, "silu", mode="tasks")))
+            results += [run() for _ in range(repeats)]
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
         for a, b_ in zip(results[0], other, strict=True):
             assert torch.equal(a, b_)
+    return results[0]
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_cpu_kernels_are_deterministic_across_thread_counts(fmt):
+    # in the tasks mode (enough groups for every thread count here) results are bitwise equal
+    x = torch.randn(3, 48, 20, 20).contiguous(memory_format=fmt)
+    w, b, dy = torch.randn(48), torch.randn(48), torch.randn_like(x)
+
+    def run():
+        y, mean, rstd = cpu.forward(x, w, b, 6, 1e-5, "silu", mode="tasks")
+        return (y, *cpu.backward(dy, x, w, b, mean, rstd, 6, "silu", mode="tasks"))
+
+    same_bits_for_every_thread_count(run, repeats=2)
 
 
 def test_channels_last_wide_rows_split_into_pieces_alike_for_every_thread_count():
@@ -170,19 +179,13 @@ def test_channels_last_wide_rows_split_into_pieces_alike_for_every_thread_count(
     threads share a one-sample wave and every thread count gives the same bits; the result stays accurate."""
     x = (torch.randn(2, 1280, 16, 16) * 3 + 50).contiguous(memory_format=torch.channels_last)
     w, b, dy = torch.randn(1280), torch.randn(1280), torch.randn_like(x)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            y, mean, rstd = cpu.forward(x, w, b, 32, 1e-5, "silu")
-            results.append((y, mean, rstd, *cpu.backward(dy, x, w, b, mean, rstd, 32, "silu")))
-    finally:
-        torch.set_num_threads(before)
-    for other in results[1:]:
-        for a, b_ in zip(results[0], other, strict=True):
-            assert torch.equal(a, b_)
-    assert rel_err(results[0][0], reference_act(x.double(), 32, w.double(), b.double(), "silu")) < 1e-4
+
+    def run():
+        y, mean, rstd = cpu.forward(x, w, b, 32, 1e-5, "silu")
+        return (y, mean, rstd, *cpu.backward(dy, x, w, b, mean, rstd, 32, "silu"))
+
+    y = same_bits_for_every_thread_count(run)[0]
+    assert rel_err(y, reference_act(x.double(), 32, w.double(), b.double(), "silu")) < 1e-4
 
 
 def test_cpu_kernels_tiny_groups_no_worse_than_torch():
