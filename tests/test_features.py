@@ -149,7 +149,7 @@ def test_probes_resume_exactly_after_an_interruption(tmp_path, monkeypatch):
 
 
 def test_presets_build():
-    for name in ("smoke", "quick", "full"):
+    for name in ("smoke", "quick", "medium", "full"):
         configs = features.configs(features.PRESETS[name])
         assert list(dict.fromkeys(c.norm for c in configs)) == list(features.PRESETS[name].norms)
         assert all(c.probe_every > 0 and c.model == "vgg" for c in configs)
