@@ -158,3 +158,119 @@ def test_smoke_reproduce_groups_end_to_end(tmp_path, capsys):
     assert main(["report", "groups", "--runs", str(tmp_path)]) == 0
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         build_report(tmp_path / "nothing")
+
+
+# --- the halves between GN and IN (SplitStatsGroupNorm, the report's ablation section) ---
+
+
+def split_reference(x, groups, per_channel, eps=1e-5):
+    """Float64 loops over (sample, group): the layer's two formulas written out."""
+    import torch
+
+    n, c = x.shape[:2]
+    k = c // groups
+    v = x.double().reshape(n, groups, k, -1)
+    out = torch.empty_like(v)
+    for i in range(n):
+        for g in range(groups):
+            block = v[i, g]
+            if per_channel == "mean":
+                d = block - block.mean(1, keepdim=True)
+                out[i, g] = d / (d.pow(2).mean() + eps).sqrt()
+            else:
+                d = block - block.mean()
+                out[i, g] = d / (d.pow(2).mean(1, keepdim=True) + eps).sqrt()
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("per_channel", ["mean", "std"])
+def test_split_stats_gn_matches_its_formula_and_ends_at_in(per_channel):
+    import torch
+
+    from groupnorm.nn import SplitStatsGroupNorm, make_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 5, 4) * torch.rand(1, 12, 1, 1) * 4 + torch.randn(1, 12, 1, 1) * 50
+    m = make_norm(f"gn-ch{per_channel}:3", 12)
+    assert isinstance(m, SplitStatsGroupNorm) and m.per_channel == per_channel and m.num_groups == 3
+    torch.testing.assert_close(m(x).double(), split_reference(x, 3, per_channel), atol=1e-4, rtol=1e-4)
+    # training and evaluation compute the same thing, sample by sample
+    assert torch.equal(m.eval()(x)[1:2], m.train()(x[1:2]))
+    # one channel per group: both halves are IN; one group: the mean half is not LN (the spread half is not either)
+    ins = torch.nn.functional.instance_norm(x)
+    torch.testing.assert_close(make_norm(f"gn-ch{per_channel}/1", 12)(x), ins, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(make_norm(f"gn-ch{per_channel}:1", 12)(x), ins, atol=1e-2)
+    # the halves differ from GN and from each other on channels of unequal scale and offset
+    gn = torch.nn.functional.group_norm(x, 3)
+    assert not torch.allclose(m(x), gn, atol=1e-2)
+
+
+def test_split_stats_gn_rejects_bad_arguments():
+    import torch
+
+    from groupnorm.nn import SplitStatsGroupNorm, make_norm
+
+    with pytest.raises(ValueError, match="per_channel must be 'mean' or 'std'; got 'var'"):
+        SplitStatsGroupNorm(2, 8, "var")
+    with pytest.raises(ValueError, match="num_groups must divide num_channels=8; got num_groups=3"):
+        SplitStatsGroupNorm(3, 8)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 8, \*\).*got \(2, 6, 3\)"):
+        SplitStatsGroupNorm(2, 8)(torch.randn(2, 6, 3))
+    with pytest.raises(ValueError, match="gn-chstd takes ':G'"):
+        make_norm("gn-chstd:sync", 8)
+    with pytest.raises(ValueError, match="groups study: extra_norms: norm spec: cannot parse 'bogus'"):
+        groups.configs(dataclasses.replace(groups.PRESETS["smoke"], extra_norms=("bogus",)))
+
+
+def test_extra_norms_run_beside_table3_and_keep_its_ids():
+    preset = groups.PRESETS["smoke"]
+    base = [c.id for c in groups.configs(preset)]
+    extra = groups.configs(dataclasses.replace(preset, extra_norms=("gn-chmean:8", "GN-CHSTD:8", "gn:8")))
+    assert [c.id for c in extra][: len(base)] == base  # Table 3's runs are the same runs
+    assert [c.norm for c in extra][len(base) :] == ["gn-chmean:8", "gn-chstd:8"]  # canonical, once each
+    check_buildable(extra)
+
+
+def split_records(tmp_path, errors):
+    """norm -> per-seed errors, as records of one setting."""
+    return [fake(tmp_path, norm, s, e) for norm, es in errors.items() for s, e in enumerate(es)]
+
+
+@pytest.mark.parametrize(
+    "errors, words",
+    [
+        # the spread per channel carries IN's difference, the mean does not
+        ({"gn-chmean:32": [13.9, 13.7, 13.8], "gn-chstd:32": [12.2, 12.0, 12.1]},
+         "**The spread is the statistic that matters**"),
+        ({"gn-chmean:32": [12.2, 12.0, 12.1], "gn-chstd:32": [13.9, 13.7, 13.8]},
+         "**The mean is the statistic that matters**"),
+        ({"gn-chmean:32": [12.9, 12.7, 12.8], "gn-chstd:32": [12.2, 12.0, 12.1]}, "**Both statistics matter**"),
+        ({"gn-chmean:32": [13.9, 13.2, 14.4], "gn-chstd:32": [13.5, 14.2, 13.6]},
+         "**Neither half alone moves GN's error beyond seed noise.**"),
+        ({"gn-chmean:32": [12.0], "gn-chstd:32": [13.0]}, "One seed: the halves cannot be told from seed noise"),
+        ({"gn-chmean:32": [12.0, 12.1]}, "Only one half ran"),
+    ],
+)  # fmt: skip
+def test_split_reading_names_a_statistic_only_beyond_noise(tmp_path, errors, words):
+    from groupnorm.report.groups_split import reading, split_cells
+
+    n = max(len(es) for es in errors.values())
+    base = {"gn:32": [13.8, 13.9, 13.7][:n], "in": [12.1, 12.0, 12.2][:n], "gn:8": [15.0] * n}
+    rows = split_cells(split_records(tmp_path, {**base, **errors}))
+    assert list(rows) == [32] and set(rows[32]) == {"gn", "in", *(k.split(":")[0] for k in errors)}
+    text = reading(rows[32])
+    assert words in text
+    assert f"IN, both per channel: {-1.70 if n != 2 else -1.80:+.2f}" in text
+
+
+def test_split_section_in_the_groups_report(tmp_path):
+    recs = split_records(tmp_path, {"gn:32": [13.8, 13.9], "in": [12.1, 12.0], "gn-chstd:32": [12.2, 12.1]})
+    for r in recs:
+        r.metrics.extend({"epoch": e, "val_error": 30 - 1.5 * e, "train_error": 31 - 1.5 * e} for e in range(1, 9))
+    from groupnorm.report.groups_split import section
+
+    text = section(recs, tmp_path / "figures", "main")
+    assert "| val error | 13.85 ± 0.07 | 12.15 ± 0.07 | 12.05 ± 0.07 |" in text
+    assert "Provisional: 6 of 6 runs of this table fail the convergence check." in text  # 3 points in the last quarter
+    assert (tmp_path / "figures" / "curves_split_main.png").read_bytes()[:4] == b"\x89PNG"
+    assert section([r for r in recs if r.config["norm"] != "gn-chstd:32"], tmp_path, "x") == ""

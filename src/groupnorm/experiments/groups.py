@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from groupnorm.nn import parse_norm_spec
 from groupnorm.train.config import TrainConfig, config_from
 
 __all__ = ["NAME", "PRESETS", "Preset", "configs", "group_spec"]
@@ -32,6 +33,9 @@ class Preset:
     width: int = 64
     groups: tuple[int, ...] = (64, 32, 16, 8, 4, 2, 1)
     channels_per_group: tuple[int, ...] = (64, 32, 16, 8, 4, 2, 1)
+    # Further norm specs run with the same recipe, e.g. the halves between GN and IN (--set
+    # extra_norms=gn-chmean:32,gn-chstd:32); the report gives them their own table.
+    extra_norms: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     images_per_device: int = 32
     devices: int = 1
@@ -102,6 +106,10 @@ def configs(preset: Preset, log: Callable[[str], None] = print) -> list[TrainCon
         raise ValueError("the imagefolder dataset needs data_dir (a folder with train/ and val/)")
     specs = [group_spec("groups", g) for g in preset.groups]
     specs += [group_spec("channels_per_group", k) for k in preset.channels_per_group]
+    try:
+        specs += [str(parse_norm_spec(spec)) for spec in preset.extra_norms]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"groups study: extra_norms: {e}") from None
     specs = list(dict.fromkeys(specs))
     return [
         config_from(

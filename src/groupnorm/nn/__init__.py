@@ -14,6 +14,7 @@ from groupnorm.nn.spec import (
     parse_norm_spec,
     register_norm,
 )
+from groupnorm.nn.split_gn import SplitStatsGroupNorm
 
 __all__ = [
     "BatchNorm",
@@ -26,6 +27,7 @@ __all__ = [
     "InstanceNorm",
     "LayerNorm",
     "NormSpec",
+    "SplitStatsGroupNorm",
     "WSConv2d",
     "WSConv3d",
     "conv_layer",

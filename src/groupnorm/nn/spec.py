@@ -19,6 +19,9 @@
     frn         FRN + TLU (Singh & Krishnan 2020), eps 1e-6: a norm-act layer
     evonorm-s0  EvoNorm-S0 (Liu et al. 2020) with 32 groups; evonorm-s0:G, evonorm-s0/K as
                 for gn: a norm-act layer
+    gn-chmean   GN with the mean taken per channel, the spread per group (gn-chmean:G, /K);
+    gn-chstd    GN with the spread taken per channel, the mean per group: the two halves of the
+                step from GN to IN, for the group-division study (SplitStatsGroupNorm)
 
 A norm-act spec (``NormSpec.norm_act``: frn, evonorm-s0, <spec>+ACT) replaces a norm and the
 activation after it; where a norm is not followed by one (before a residual add) the model builder
@@ -45,6 +48,7 @@ from groupnorm.nn.evonorm import EvoNormS0
 from groupnorm.nn.frn import FilterResponseNorm
 from groupnorm.nn.norm import BatchNorm, FrozenBatchNorm, GroupNorm, InstanceNorm, LayerNorm
 from groupnorm.nn.renorm import BatchRenorm
+from groupnorm.nn.split_gn import SplitStatsGroupNorm
 
 __all__ = [
     "NormSpec",
@@ -62,7 +66,8 @@ SPEC_ACTIVATIONS = ("relu", "silu")  # the activations a spec can fuse (+relu, +
 SPEC_HELP = (
     "bn, bn:sync, bn:frozen, gn, gn:G, gn/K, ln, in, none, each optionally prefixed by ws+ (e.g. ws+gn:32); "
     "gn, ln and in optionally followed by +relu or +silu (e.g. gn:32+silu); "
-    "brn; the norm-act layers frn and evonorm-s0, evonorm-s0:G, evonorm-s0/K"
+    "brn; the norm-act layers frn and evonorm-s0, evonorm-s0:G, evonorm-s0/K; "
+    "the ablations gn-chmean and gn-chstd (:G or /K)"
 )
 
 
@@ -310,6 +315,12 @@ register_norm(
     lambda spec, c, o: _group_norm(c, c, o["eps"], _act(spec, o)) if _act(spec, o) else InstanceNorm(c, eps=o["eps"]),
     fuses_act=True,
 )
+for _stat in ("mean", "std"):
+    register_norm(
+        f"gn-ch{_stat}",
+        lambda spec, c, o, stat=_stat: SplitStatsGroupNorm(_spec_groups(spec, c, o), c, stat, eps=o["eps"]),
+        _validate_gn,
+    )
 register_norm("none", lambda spec, c, o: nn.Identity())
 register_norm("brn", lambda spec, c, o: BatchRenorm(c, eps=o["eps"], devices=o["devices"]))
 # FRN keeps its paper's eps (1e-6): make_norm's eps is the BN family's variance eps.

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from groupnorm.report import common, paper
+from groupnorm.report import common, groups_split, paper
 from groupnorm.report.common import (
     convergence,
     convergence_text,
@@ -260,6 +260,7 @@ def _section(setting: tuple, recs: list[Record], fig_dir: Path, multi: bool) -> 
         save_figure(_curves(rows), fig_dir / curves)
         title = "Every setting: train and val error per epoch"
         out.append(f"**{title}**\n\n![{title}](figures/{curves})\n\n")
+    out.append(groups_split.section(recs, fig_dir, _slug(setting) if multi else "main"))
     for axis in AXES:
         for value, c in sorted(rows.get(axis, {}).items(), reverse=True):
             m, s = c.mean_std
