@@ -77,8 +77,8 @@ def test_the_settings_build_what_they_say(norm, groups_per_layer):
     ],
 )
 def test_a_setting_that_does_not_fit_is_rejected_before_training(tmp_path, change, words):
-    quick = groups.PRESETS["quick"]
-    grid = {"groups": quick.groups, "channels_per_group": quick.channels_per_group}
+    medium = groups.PRESETS["medium"]  # the whole grid
+    grid = {"groups": medium.groups, "channels_per_group": medium.channels_per_group}
     preset = dataclasses.replace(groups.PRESETS["smoke"], **{**grid, **change})
     trained = []
     with pytest.raises(ValueError) as err:

@@ -3,7 +3,8 @@
 tests/data/preset_run_ids.json was written by the engine before the move (commit 6bb5e15). Detection's
 ids changed once, by design: its lr rule and warm-up became every task's (docs/results.md says so). Presets
 changed on purpose since are re-recorded with the change that made them: batch-sizes quick and medium (the
-optimiser's batch held fixed, issue 13); groups quick and its new medium (trained to convergence, issue 13);
+optimiser's batch held fixed, issue 13); groups quick and medium (trained to convergence: 32 epochs, the quick
+preset on 6 of the 14 settings, issue 13);
 features quick (16 epochs, where its runs pass the convergence check, issue 13) and its new medium (3 seeds).
 """
 
