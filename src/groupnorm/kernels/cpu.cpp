@@ -600,7 +600,7 @@ template <class L, int ACT>
 void forward_nchw_tasks(const typename L::T* x, const float* w, const float* b, int64_t N, int64_t C, int64_t S,
                         int64_t G, double eps, typename L::T* y, float* mean_out, float* rstd_out, int nthreads) {
   const int64_t D = C / G, len = D * S;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
   for (int64_t grp = 0; grp < N * G; ++grp) {
     const int64_t g = grp % G;
     Moments m;
@@ -843,7 +843,7 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
     float* k1 = scratch.data() + 3 * D * omp_get_thread_num();
     float* k2 = k1 + D;
     float* k3 = k2 + D;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t grp = 0; grp < N * G; ++grp) {
       const int64_t g = grp % G;
       const float mh = mean_in[grp], rstd = rstd_in[grp];
