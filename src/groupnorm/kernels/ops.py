@@ -165,6 +165,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, weight, bias, mean, rstd)
     ctx.num_groups, ctx.eps, ctx.act = num_groups, eps, act
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (unused) gradients
 
 
 def _differentiable_backward(ctx, dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None):
