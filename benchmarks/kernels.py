@@ -36,6 +36,8 @@ import torch.nn.functional as TF
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from allocator import steady_allocator
+
 from groupnorm import functional as F
 from groupnorm import kernels
 from groupnorm import nn as gnn
@@ -60,27 +62,33 @@ def sync(device: torch.device) -> None:
 
 
 def timed(
-    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: bool = True
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    warmup: bool = True,
+    min_calls: int = 3,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall seconds and median process CPU seconds per call of each fn, in interleaved rounds.
 
     CPU seconds (all threads of this process, from time.process_time) leave out the time the
     threads wait for a core while others' jobs run: on a shared machine they show the work a
-    variant does when wall times mostly show the load. On a GPU each sample times enough
-    back-to-back calls to last about 2 ms, and only wall times mean anything.
+    variant does when wall times mostly show the load. Each sample times enough back-to-back
+    calls to last about 2 ms (at least ``min_calls`` on the CPU), so every variant is timed in its own steady
+    state (its outputs' memory recycled, its inputs where its own last call left them) rather
+    than in whatever state the variant before it left the caches and the allocator: one call per
+    sample made the same cell swing 0.4-1.8x between runs at the 5-10 MB SD shapes. On a GPU only
+    wall times mean anything.
     """
     inner = {}
+    floor = 1 if device.type == "cuda" else min_calls
     for name, fn in fns.items():
         if warmup or device.type == "cuda":
             fn()
         sync(device)
-        if device.type == "cuda":
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            inner[name] = max(1, min(200, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
-        else:
-            inner[name] = 1
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        inner[name] = max(floor, min(200, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
@@ -399,7 +407,9 @@ def bench_memory(args, device: torch.device, dtype: torch.dtype) -> None:
             res = {k: model_memory(net, x, device) for k, net in nets.items()}
 
             # model_memory ran every net once: that was the warm-up
-            times, _ = timed({k: partial(train_step, net, x) for k, net in nets.items()}, repeats, device, warmup=False)
+            times, _ = timed(
+                {k: partial(train_step, net, x) for k, net in nets.items()}, repeats, device, warmup=False, min_calls=1
+            )
             for k in kinds:
                 kept_bytes, peak = res[k]
                 extra = f"  peak {peak / 2**20:8.1f} MiB ({res['ours'][1] / peak:.2f})" if device.type == "cuda" else ""
@@ -429,6 +439,7 @@ def main() -> None:
           f"threads={torch.get_num_threads()} torch={torch.__version__} backend={backend}")  # fmt: skip
     if info:
         print(f"cpu kernels: {info.get('path', info)} (built in {info.get('build_seconds', 0):.1f} s this run)")
+    print(steady_allocator())
     print()
     if args.only in (None, "layers"):
         summarize(bench_layers(args, device, dtype), device)

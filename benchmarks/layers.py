@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from allocator import steady_allocator
+
 from groupnorm import nn as gnn
 
 # (label, N, C, H, W): ResNet-50 stages at 32 images (4 per device x 8) and SD-UNet-like maps.
@@ -87,6 +89,7 @@ def main() -> None:
     print(
         f"device={device} dtype={dtype} threads={torch.get_num_threads()} repeats={repeats} torch={torch.__version__}"
     )
+    print(steady_allocator())
     print("ratio = median(ours) / median(native); < 1 is faster than native\n")
     header = f"{'layer':<10} {'shape':<22} {'format':<13} {'fwd ms':>8} {'fwd ratio':>9} {'f+b ms':>8} {'f+b ratio':>9}"
     ratios: dict[str, list[float]] = {"gn": [], "bn": []}

@@ -89,6 +89,32 @@ def test_robust_variance_small_groups_contiguous(shape):
         assert (F.group_norm(x, groups).double() - R.group_norm(x, groups)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize(
+    ("shape", "fmt", "ours"),
+    [
+        ((2, 8, 8, 8), torch.contiguous_format, True),  # 64 positions per channel: our kernel
+        ((2, 8, 4, 16, 2), torch.contiguous_format, True),
+        ((2, 8, 7, 7), torch.contiguous_format, False),  # 49: torch's kernel, with the conditioning check
+        ((2, 8, 7, 7), torch.channels_last, True),  # channels-last: ours at every size
+    ],
+)
+def test_group_norm_dispatch_by_layout_and_map_size(monkeypatch, shape, fmt, ours):
+    calls = []
+    real = F.kernels.group_norm_act
+    monkeypatch.setattr(F.kernels, "group_norm_act", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = (1e4 + torch.randn(shape)).contiguous(memory_format=fmt).requires_grad_()
+    w, b = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    y = F.group_norm(x, 4, w, b)
+    assert calls == ([shape] if ours else [])
+    assert y.is_contiguous(memory_format=fmt)
+    assert rel_err(y, R.group_norm(x.detach(), 4, w.detach(), b.detach())) < 1e-3  # accurate either way
+    dy = torch.randn(shape)
+    y.backward(dy)
+    xd = x.detach().double().requires_grad_()
+    TF.group_norm(xd, 4, w.detach().double(), b.detach().double()).backward(dy.double())
+    assert rel_err(x.grad, xd.grad) < 1e-3
+
+
 def test_robust_variance_gradient_channels_last():
     x = (1e3 + torch.randn(2, 16, 6, 6)).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(16, requires_grad=True)

@@ -45,9 +45,12 @@ _aten = torch.ops.aten
 # accuracy (measured: error ~ 6e-7 * kappa); such inputs are shifted by their group means first.
 _ILL_CONDITIONED = 16.0
 # Memory formats in which CPU float32 / bfloat16 group_norm runs groupnorm.kernels instead of
-# torch's kernel: channels-last, where torch's kernel is inaccurate (and ours as fast or faster);
-# not NCHW, where torch's is accurate and ours was not faster in the forward (docs/kernels.md).
+# torch's kernel: channels-last, where torch's kernel is inaccurate (and ours as fast or faster).
 _CPU_KERNEL_FORMATS = (torch.channels_last, torch.channels_last_3d)
+# In eager NCHW, ours runs too from this many positions per channel up: 1.1-1.4x faster than torch's
+# kernel with its conditioning check (forward) and 1.0-1.3x (forward+backward) from 14x14 maps up; on 7x7
+# maps its backward is 0.83-0.94x of torch's, whose kernel keeps them (docs/kernels.md).
+_NCHW_KERNEL_MIN_POSITIONS = 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,17 +200,18 @@ def group_norm(
 
     Dispatch: torch's native kernel runs, except on the CPU in channels-last layouts, where it
     takes the variance as E[x^2] - E[x]^2, which cancels catastrophically when a group's mean
-    is large against its spread (x = 1e4 + N(0, 1) gives errors of order 100). There float32
-    and bfloat16 inputs go to groupnorm's own kernel (groupnorm.kernels, the identity case of
-    :func:`group_norm_act`), accurate and as fast (docs/kernels.md); other dtypes, or a CPU
+    is large against its spread (x = 1e4 + N(0, 1) gives errors of order 100), and in NCHW
+    layouts with at least 64 positions per channel. There float32 and bfloat16 inputs go to
+    groupnorm's own kernel (groupnorm.kernels, the identity case of :func:`group_norm_act`),
+    accurate and faster (docs/kernels.md); other dtypes, smaller NCHW maps, or a CPU
     where that kernel cannot be built, get torch's kernel with a check: the mean and std it
     returns flag ill-conditioned groups, and the input is shifted by its group means (GN is
     invariant to such shifts) before a second native pass. The same check guards torch's
     contiguous CPU kernel, which cancels the same way on small groups. torch.export, the
     ONNX exporters and torch.func see torch.nn.functional.group_norm instead (standard ops,
-    no data-dependent branch); torch.compile sees the op ``groupnorm::group_norm_act`` where
-    eager runs the kernel (chosen by layout and dtype alone) and torch's group_norm elsewhere
-    (inductor's two-pass variance does not cancel).
+    no data-dependent branch); torch.compile sees the op ``groupnorm::group_norm_act`` in
+    channels-last layouts (chosen by layout and dtype alone, so dynamic shapes add no guard) and
+    torch's group_norm elsewhere (inductor's two-pass variance does not cancel).
     """
     fn = "group_norm"
     _check_input(fn, x)
@@ -225,10 +229,11 @@ def group_norm(
         if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels when it runs
             return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
         return _group_norm_composite(x, groups, weight, bias, eps)
-    if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x) and kernels.cpu.available():
+    spatial = math.prod(x.shape[2:])
+    ours = fmt in _CPU_KERNEL_FORMATS or spatial >= _NCHW_KERNEL_MIN_POSITIONS
+    if ours and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
-    spatial = math.prod(x.shape[2:])
     if x.device.type != "cpu":  # torch's GPU kernels take contiguous inputs only (as F.group_norm does)
         x = x.contiguous()
     y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, spatial, groups, eps)

@@ -223,4 +223,6 @@ def group_norm_act(
     """
     if torch.compiler.is_compiling():
         return group_norm_act_op(x, weight, bias, num_groups, eps, act)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _forward_impl(x, weight, bias, num_groups, eps, act)  # no graph to record: no Function's cost
     return _GroupNormAct.apply(x, weight, bias, num_groups, eps, act)
