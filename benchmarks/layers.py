@@ -62,17 +62,26 @@ def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None) -> Calla
 
 
 def time_pair(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each fn, timed in interleaved rounds after one warm-up each."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
+    """Median seconds per call of each fn, timed in interleaved rounds after one warm-up each; a sample
+    times back-to-back calls lasting about 2 ms (at least 3), so that each fn is timed in its own steady
+    state rather than in the one the other left (benchmarks/kernels.py ``timed``)."""
+    calls = {}
+    for name, fn in fns.items():
         fn()
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        calls[name] = max(3, min(200, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
             t0 = time.perf_counter()
-            fn()
+            for _ in range(calls[name]):
+                fn()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / calls[name])
     return {k: statistics.median(v) for k, v in times.items()}
 
 
