@@ -25,7 +25,7 @@ examples:
   groupnorm reproduce --preset smoke               the same, end to end in under 2 minutes
   groupnorm reproduce batch-sizes --preset full    the whole grid: 3 seeds, ResNet-8 and -20, CIFAR-10 if present
   groupnorm reproduce --set epochs=30 --set seeds=0,1,2
-  groupnorm reproduce groups                       Table 3: G and channels per group (~15 min)
+  groupnorm reproduce groups                       Table 3: G and channels per group (~25 min)
   groupnorm reproduce features                     Fig. 6: conv5_3 percentiles of VGG-16, none / BN / GN (~15 min)
   groupnorm reproduce video                        Table 8: 3D ResNets on moving Fashion-MNIST clips (~20 min)
   groupnorm reproduce detection                    Tables 4-7: Mask R-CNN on generated scenes (see docs/results.md)

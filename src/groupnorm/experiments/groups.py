@@ -68,7 +68,8 @@ PRESETS: dict[str, Preset] = {
     # The default: each row's ends and middle (G = 32, 8 and LN; 16, 4 and 1 (=IN) channels per group), one
     # seed, the batch-size study's recipe (32 images per step, 1 epoch of warm-up, cosine decay) for 32 epochs
     # of 6000 images, where the runs pass the reports' convergence check (18 epochs did not: most runs gained
-    # more than 2 points in their last quarter); 6 runs of about 7.5 minutes each: under 30 minutes on 2 cores.
+    # more than 2 points in their last quarter); 6 runs of about 8 minutes each (485-510 s on an undisturbed
+    # core): about 25 minutes on 2 cores.
     "quick": Preset(groups=(32, 8, 1), channels_per_group=(16, 4, 1), epochs=32, median_last=8),
     # Both rows whole, the same recipe, 3 seeds (42 runs, about 3 h on 2 cores); its seed-0 runs at the quick
     # preset's settings are the quick preset's runs.
