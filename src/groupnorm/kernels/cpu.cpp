@@ -304,27 +304,29 @@ inline void output_run(const typename L::T* xr, typename L::T* yr, int64_t len, 
   if (s < len) L::storev(yr + len - kV, act_forward<ACT>((L::loadv(xr + len - kV) - h) * a + t));
 }
 
-// SiLU's backward in float32 computes dz once: the sums pass keeps it in dx, the dx pass reads it back.
+// SiLU's backward computes dz once: the sums pass keeps it (float32) and the dx pass reads it back. In
+// float32 it is kept in dx itself; the NCHW tasks keep it for bfloat16 too, in a float32 buffer per thread.
 template <class L, int ACT>
 constexpr bool kKeepDz = ACT == kSilu && sizeof(typename L::T) == sizeof(float);
 
 // The sums of dz and of dz * (x - mean) over a run of one channel: float32 vectors over chunks of kChunk,
-// then float64. dz = act'(z) dy with z = (x - mean) * scale + shift; kept in keep[] where kKeepDz.
-template <class L, int ACT>
-inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, typename L::T* keep, int64_t len,
+// then float64. dz = act'(z) dy with z = (x - mean) * scale + shift; kept in keep[] (float32) where KEEP.
+template <class L, int ACT, bool KEEP = kKeepDz<L, ACT>>
+inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, float* keep, int64_t len,
                               float mh, float scale, float shift, double& sa, double& sb) {
   using T = typename L::T;
   const vf m = splat<vf>(mh), a = splat<vf>(scale), t = splat<vf>(shift);
   sa = 0.0;
   sb = 0.0;
   if (len < kV) {  // padded with dy = 0, so dz = 0 in the padding and it adds nothing
-    T xin[kV] = {}, gin[kV] = {}, out[kV];
+    T xin[kV] = {}, gin[kV] = {};
     copy_tail(xin, xr, len);
     copy_tail(gin, gr, len);
     const vf xc = L::loadv(xin) - m;
     const vf dz = act_backward<ACT>(L::loadv(gin), xc * a + t);
-    if constexpr (kKeepDz<L, ACT>) {
-      L::storev(out, dz);
+    if constexpr (KEEP) {
+      float out[kV];
+      F32::storev(out, dz);
       copy_tail(keep, out, len);
     }
     sa = double(hsum(dz));
@@ -340,7 +342,7 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
       for (int u = 0; u < kUnroll; ++u) {
         const vf xc = L::loadv(xr + s + u * kV) - m;
         const vf dz = act_backward<ACT>(L::loadv(gr + s + u * kV), xc * a + t);
-        if constexpr (kKeepDz<L, ACT>) L::storev(keep + s + u * kV, dz);
+        if constexpr (KEEP) F32::storev(keep + s + u * kV, dz);
         va[u] += dz;
         vb[u] += dz * xc;
       }
@@ -348,7 +350,7 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
     for (; s + kV <= s1; s += kV) {
       const vf xc = L::loadv(xr + s) - m;
       const vf dz = act_backward<ACT>(L::loadv(gr + s), xc * a + t);
-      if constexpr (kKeepDz<L, ACT>) L::storev(keep + s, dz);
+      if constexpr (KEEP) F32::storev(keep + s, dz);
       va[0] += dz;
       vb[0] += dz * xc;
     }
@@ -356,7 +358,7 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
       const int64_t at = s1 - kV;
       const vf xc = L::loadv(xr + at) - m;
       const vf dz = act_backward<ACT>(L::loadv(gr + at), xc * a + t);
-      if constexpr (kKeepDz<L, ACT>) L::storev(keep + at, dz);
+      if constexpr (KEEP) F32::storev(keep + at, dz);
       va[1] += lanes_from(dz, s - at);
       vb[1] += lanes_from(dz * xc, s - at);
     }
@@ -365,45 +367,60 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
   }
 }
 
-// dx = c1 dz + c2 (x - mean) + c3 (dz read back from dx where kKeepDz).
-template <class L, int ACT>
+// dx = c1 dz + c2 (x - mean) + c3 (dz read back where KEEP).
+template <class L, int ACT, bool KEEP = kKeepDz<L, ACT>>
 inline vf dx_of(vf x, vf g_or_dz, vf m, vf a, vf t, vf k1, vf k2, vf k3) {
   const vf xc = x - m;
   vf dz;
-  if constexpr (kKeepDz<L, ACT>)
+  if constexpr (KEEP)
     dz = g_or_dz;
   else
     dz = act_backward<ACT>(g_or_dz, xc * a + t);
   return k1 * dz + k2 * xc + k3;
 }
 
-// dx over a run of one channel. The last, overlapping vector is computed first: where dz is kept in dx,
-// the main loop overwrites the dz it reads.
-template <class L, int ACT>
-inline void backward_run_dx(const typename L::T* xr, const typename L::T* gr, typename L::T* dxr, int64_t len,
-                            float mh, float scale, float shift, float c1, float c2, float c3) {
+// dx over a run of one channel; where KEEP, dz is read from kept[] (float32; in float32 it is dx itself). The
+// last, overlapping vector is computed first: where dz is kept in dx, the main loop overwrites the dz it reads.
+template <class L, int ACT, bool KEEP = kKeepDz<L, ACT>>
+inline void backward_run_dx(const typename L::T* xr, const typename L::T* gr, typename L::T* dxr, const float* kept,
+                            int64_t len, float mh, float scale, float shift, float c1, float c2, float c3) {
   using T = typename L::T;
   const vf m = splat<vf>(mh), a = splat<vf>(scale), t = splat<vf>(shift);
   const vf k1 = splat<vf>(c1), k2 = splat<vf>(c2), k3 = splat<vf>(c3);
-  const T* src = kKeepDz<L, ACT> ? dxr : gr;  // dz kept in dx, or dy
+  // the second operand of dx_of: dz (kept, float32) or dy
+  auto src = [&](int64_t at) { return KEEP ? F32::loadv(kept + at) : L::loadv(gr + at); };
   if (len < kV) {
     T xin[kV] = {}, gin[kV] = {}, out[kV];
+    float din[kV] = {};
     copy_tail(xin, xr, len);
-    copy_tail(gin, src, len);
-    L::storev(out, dx_of<L, ACT>(L::loadv(xin), L::loadv(gin), m, a, t, k1, k2, k3));
+    if constexpr (KEEP)
+      copy_tail(din, kept, len);
+    else
+      copy_tail(gin, gr, len);
+    const vf g = KEEP ? F32::loadv(din) : L::loadv(gin);
+    L::storev(out, dx_of<L, ACT, KEEP>(L::loadv(xin), g, m, a, t, k1, k2, k3));
     copy_tail(dxr, out, len);
     return;
   }
-  const vf last = dx_of<L, ACT>(L::loadv(xr + len - kV), L::loadv(src + len - kV), m, a, t, k1, k2, k3);
+  const vf last = dx_of<L, ACT, KEEP>(L::loadv(xr + len - kV), src(len - kV), m, a, t, k1, k2, k3);
   int64_t s = 0;
   for (; s + kUnroll * kV <= len; s += kUnroll * kV) {
     vf r[kUnroll];
     for (int u = 0; u < kUnroll; ++u)
-      r[u] = dx_of<L, ACT>(L::loadv(xr + s + u * kV), L::loadv(src + s + u * kV), m, a, t, k1, k2, k3);
+      r[u] = dx_of<L, ACT, KEEP>(L::loadv(xr + s + u * kV), src(s + u * kV), m, a, t, k1, k2, k3);
     for (int u = 0; u < kUnroll; ++u) L::storev(dxr + s + u * kV, r[u]);
   }
-  for (; s + kV <= len; s += kV) L::storev(dxr + s, dx_of<L, ACT>(L::loadv(xr + s), L::loadv(src + s), m, a, t, k1, k2, k3));
+  for (; s + kV <= len; s += kV) L::storev(dxr + s, dx_of<L, ACT, KEEP>(L::loadv(xr + s), src(s), m, a, t, k1, k2, k3));
   L::storev(dxr + len - kV, last);
+}
+
+// Where the float32 kernels keep dz: in dx itself (null for other types, which keep none there).
+template <class L>
+inline float* dz_in_dx(typename L::T* dx) {
+  if constexpr (sizeof(typename L::T) == sizeof(float))
+    return reinterpret_cast<float*>(dx);
+  else
+    return nullptr;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -521,7 +538,8 @@ void backward_nchw_split(const typename L::T* dy, const typename L::T* x, const 
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
         double a, bb;
-        backward_run_sums<L, ACT>(xg + i, gg + i, dx + grp * len + i, stop - i, mh, scale, shift, a, bb);
+        backward_run_sums<L, ACT>(xg + i, gg + i, dz_in_dx<L>(dx + grp * len + i), stop - i, mh, scale, shift, a,
+                                  bb);
         qa[d] += a;
         qb[d] += bb;
         i = stop;
@@ -565,8 +583,8 @@ void backward_nchw_split(const typename L::T* dy, const typename L::T* x, const 
         const int64_t d = i / S, stop = std::min(end, (d + 1) * S);
         const int64_t c = g * D + d, row = (grp - n0 * G) * D + d;
         const float scale = rstd * w[c], shift = b[c];
-        backward_run_dx<L, ACT>(xg + i, gg + i, og + i, stop - i, mh, scale, shift, c1[size_t(row)],
-                                c2[size_t(row)], c3[size_t(row)]);
+        backward_run_dx<L, ACT>(xg + i, gg + i, og + i, dz_in_dx<L>(og + i), stop - i, mh, scale, shift,
+                                c1[size_t(row)], c2[size_t(row)], c3[size_t(row)]);
         i = stop;
       }
     }
@@ -838,9 +856,16 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
   std::vector<double> A(size_t(N * C)), B(size_t(N * C));  // B: sum dz * x_hat
   std::vector<float> scratch(size_t(3 * D * nthreads));
 
+  // SiLU keeps dz between the two passes in every dtype here: in dx (float32) or in a float32 buffer per thread
+  // holding one task's block (bfloat16), still in L2 when the dx pass reads it back.
+  constexpr bool keep = ACT == kSilu;
+  constexpr bool own_buffer = keep && !kKeepDz<L, ACT>;
+  std::vector<float> dz_buffer(own_buffer ? size_t(len * nthreads) : 0);
+
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
-    float* k1 = scratch.data() + 3 * D * omp_get_thread_num();
+    const int tid = omp_get_thread_num();
+    float* k1 = scratch.data() + 3 * D * tid;
     float* k2 = k1 + D;
     float* k3 = k2 + D;
 #pragma omp for schedule(static)
@@ -849,12 +874,14 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
       const float mh = mean_in[grp], rstd = rstd_in[grp];
       double* Ag = A.data() + grp * D;  // (n, g*D + d) = grp*D + d
       double* Bg = B.data() + grp * D;
+      float* kept = own_buffer ? dz_buffer.data() + len * tid : dz_in_dx<L>(dx + grp * len);
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
         const int64_t off = grp * len + d * S;
         double sa, sb;
-        backward_run_sums<L, ACT>(x + off, dy + off, dx + off, S, mh, scale, shift, sa, sb);
+        backward_run_sums<L, ACT, keep>(x + off, dy + off, kept ? kept + d * S : nullptr, S, mh, scale, shift, sa,
+                                        sb);
         Ag[d] = sa;
         Bg[d] = sb * double(rstd);
       }
@@ -863,7 +890,8 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
         const int64_t c = g * D + d;
         const float scale = rstd * w[c], shift = b[c];
         const int64_t off = grp * len + d * S;
-        backward_run_dx<L, ACT>(x + off, dy + off, dx + off, S, mh, scale, shift, k1[d], k2[d], k3[d]);
+        backward_run_dx<L, ACT, keep>(x + off, dy + off, dx + off, kept ? kept + d * S : nullptr, S, mh, scale,
+                                      shift, k1[d], k2[d], k3[d]);
       }
     }
   }
