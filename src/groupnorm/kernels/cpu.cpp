@@ -913,7 +913,7 @@ constexpr int V_BWD = 1;
 constexpr int64_t kRowsPerPieceBwd = 32;
 
 template <class L, int ACT, int V>
-inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs, typename L::T* ks, int64_t C,
+inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs, float* ks, int64_t C,
                                 int64_t rows, const float* m, const float* sc, const float* bb, float* qa, float* qb) {
   vf mv[V], sv[V], bv[V], a[V], q[V];
   for (int v = 0; v < V; ++v) {
@@ -927,7 +927,7 @@ inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs
     for (int v = 0; v < V; ++v) {
       const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
       const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
-      if constexpr (kKeepDz<L, ACT>) L::storev(ks + r * C + v * kV, dz);  // read back by backward_dx_block
+      if constexpr (ACT == kSilu) F32::storev(ks + r * C + v * kV, dz);  // read back by backward_dx_block
       a[v] += dz;
       q[v] += dz * xc;
     }
@@ -939,9 +939,9 @@ inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs
 }
 
 template <class L, int ACT, int V>
-inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, typename L::T* os, int64_t C,
-                              int64_t rows, const float* m, const float* sc, const float* bb, const float* k1,
-                              const float* k2, const float* k3) {
+inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, const float* ks, typename L::T* os,
+                              int64_t C, int64_t rows, const float* m, const float* sc, const float* bb,
+                              const float* k1, const float* k2, const float* k3) {
   vf mv[V], sv[V], bv[V], c1[V], c2[V], c3[V];
   for (int v = 0; v < V; ++v) {
     mv[v] = loadf(m + v * kV);
@@ -955,8 +955,8 @@ inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, 
     for (int v = 0; v < V; ++v) {
       const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
       vf dz;
-      if constexpr (kKeepDz<L, ACT>)
-        dz = L::loadv(os + r * C + v * kV);  // kept there by backward_sums_block
+      if constexpr (ACT == kSilu)
+        dz = F32::loadv(ks + r * C + v * kV);  // kept there by backward_sums_block
       else
         dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
       L::storev(os + r * C + v * kV, c1[v] * dz + c2[v] * xc + c3[v]);
@@ -975,6 +975,14 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
   std::vector<float> mh(per_wave), scale(per_wave), k1(per_wave), k2(per_wave), k3(per_wave);
   std::vector<double> A(size_t(N * C)), B(size_t(N * C));  // per (n, c): sum dz, sum dz * x_hat
   constexpr int64_t VW = V_BWD * kV;
+  // SiLU keeps dz (float32) between the passes: in dx for float32, in a buffer of the wave for bfloat16
+  constexpr bool own_buffer = ACT == kSilu && !kKeepDz<L, ACT>;
+  std::vector<float> dz_buffer(own_buffer ? size_t(wave * S * C) : 0);
+  auto kept_at = [&](int64_t n, int64_t n0, int64_t r0, int64_t c) -> float* {  // null where nothing is kept
+    if constexpr (ACT != kSilu) return nullptr;
+    if constexpr (own_buffer) return dz_buffer.data() + ((n - n0) * S + r0) * C + c;
+    return dz_in_dx<L>(dx + (n * S + r0) * C + c);
+  };
 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   for (int64_t n0 = 0; n0 < N; n0 += wave) {
@@ -995,17 +1003,19 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       float* qa = pa.data() + p * C;
       float* qb = pb.data() + p * C;
       int64_t c = 0;
-      typename L::T* ks = dx + (n * S + r0) * C;  // where kKeepDz keeps dz for the dx pass
-      for (; c + VW <= C; c += VW)
-        backward_sums_block<L, ACT, V_BWD>(xs + c, gs + c, ks + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
+      for (; c + VW <= C; c += VW)  // SiLU keeps dz at kept_at(...) for the dx pass
+        backward_sums_block<L, ACT, V_BWD>(xs + c, gs + c, kept_at(n, n0, r0, c), C, rows, m + c, sc + c, b + c,
+                                           qa + c, qb + c);
       for (; c + kV <= C; c += kV)
-        backward_sums_block<L, ACT, 1>(xs + c, gs + c, ks + c, C, rows, m + c, sc + c, b + c, qa + c, qb + c);
+        backward_sums_block<L, ACT, 1>(xs + c, gs + c, kept_at(n, n0, r0, c), C, rows, m + c, sc + c, b + c, qa + c,
+                                       qb + c);
+      float* ks = kept_at(n, n0, r0, 0);
       for (; c < C; ++c) {
         float sa = 0.0f, sb = 0.0f;
         for (int64_t r = 0; r < rows; ++r) {
           const float xc = L::load(xs, r * C + c) - m[c];
           const float dz = act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
-          if constexpr (kKeepDz<L, ACT>) L::store(ks, r * C + c, dz);
+          if constexpr (ACT == kSilu) ks[r * C + c] = dz;
           sa += dz;
           sb += dz * xc;
         }
@@ -1039,19 +1049,21 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       const typename L::T* xs = x + (n * S + r0) * C;
       const typename L::T* gs = dy + (n * S + r0) * C;
       typename L::T* os = dx + (n * S + r0) * C;
+      const float* ks = kept_at(n, n0, r0, 0);
       const float *m = mh.data() + off, *sc = scale.data() + off;
       const float *c1 = k1.data() + off, *c2 = k2.data() + off, *c3 = k3.data() + off;
       int64_t c = 0;
       for (; c + VW <= C; c += VW)
-        backward_dx_block<L, ACT, V_BWD>(xs + c, gs + c, os + c, C, rows, m + c, sc + c, b + c, c1 + c, c2 + c,
-                                         c3 + c);
+        backward_dx_block<L, ACT, V_BWD>(xs + c, gs + c, kept_at(n, n0, r0, c), os + c, C, rows, m + c, sc + c,
+                                         b + c, c1 + c, c2 + c, c3 + c);
       for (; c + kV <= C; c += kV)
-        backward_dx_block<L, ACT, 1>(xs + c, gs + c, os + c, C, rows, m + c, sc + c, b + c, c1 + c, c2 + c, c3 + c);
+        backward_dx_block<L, ACT, 1>(xs + c, gs + c, kept_at(n, n0, r0, c), os + c, C, rows, m + c, sc + c, b + c,
+                                     c1 + c, c2 + c, c3 + c);
       for (; c < C; ++c) {
         for (int64_t r = 0; r < rows; ++r) {
           const float xc = L::load(xs, r * C + c) - m[c];
-          const float dz = kKeepDz<L, ACT> ? L::load(os, r * C + c)
-                                           : act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
+          const float dz = ACT == kSilu ? ks[r * C + c]
+                                        : act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
           L::store(os, r * C + c, c1[c] * dz + c2[c] * xc + c3[c]);
         }
       }
