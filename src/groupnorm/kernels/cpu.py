@@ -9,7 +9,8 @@ includes no torch header, so it needs only a C++ compiler (``$CXX``, else ``c++`
 links libgomp by soname, so its OpenMP threads are the ones torch already runs.
 
 ``GROUPNORM_CPU_ARCH`` (default ``native``) builds for another ``-march``, e.g. ``x86-64-v3`` (AVX2)
-on an AVX-512 machine, to measure that code path (benchmarks/kernels.py --arch). Set
+on an AVX-512 machine, to test and measure that code path (``GROUPNORM_CPU_ARCH=x86-64-v3
+ATEN_CPU_CAPABILITY=avx2 python benchmarks/kernels.py``: torch's own kernels on AVX2 too). Set
 ``GROUPNORM_CPU_KERNELS=0`` to turn the kernels off (torch's native GroupNorm is then used, as when
 the build fails; a failure is reported once, as a warning).
 """
