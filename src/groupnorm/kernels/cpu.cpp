@@ -313,7 +313,8 @@ inline void output_run(const typename L::T* xr, typename L::T* yr, int64_t len, 
 }
 
 // SiLU's backward computes dz once: the sums pass keeps it (float32) and the dx pass reads it back. In
-// float32 it is kept in dx itself; the NCHW tasks keep it for bfloat16 too, in a float32 buffer per thread.
+// float32 it is kept in dx itself; the NCHW tasks and the channels-last backward keep it for bfloat16 too, in
+// float32 buffers (per thread and task; per wave); the NCHW split backward computes it twice in bfloat16.
 template <class L, int ACT>
 constexpr bool kKeepDz = ACT == kSilu && sizeof(typename L::T) == sizeof(float);
 
