@@ -147,6 +147,21 @@ def test_verdict_says_plainly_when_it_does_not_hold(tmp_path):
     assert "beyond seed noise" in text
 
 
+def test_verdict_words_an_end_within_the_noise_as_a_tie(tmp_path):
+    # one seed: LN 0.2 above the next worst is a tie (floor 0.5); IN 1.0 above it is not
+    errors = {"gn:32": 11.7, "gn:8": 12.6, "ln": 12.8, "gn/16": 11.5, "gn/4": 11.9, "in": 12.9}
+    text = "\n".join(verdict(rows_of([fake(tmp_path, n, 0, e) for n, e in errors.items()])))
+    assert "LN (value 1) is the worst of its row, but tied with 8" in text
+    assert "IN (value 1) is the worst of its row:" in text
+    assert "**The paper's shape holds in direction only**" in text
+    # three seeds whose spread swallows LN's lead: still a tie, now against 2 sd
+    recs = [fake(tmp_path, n, s, e + d) for n, e in errors.items() for s, d in enumerate((-0.4, 0.0, 0.4))]
+    assert "but tied with 8" in "\n".join(verdict(rows_of(recs)))
+    errors["ln"] = 13.6  # 1.0 ahead, beyond the floor: the shape holds
+    text = "\n".join(verdict(rows_of([fake(tmp_path, n, 0, e) for n, e in errors.items()])))
+    assert "tied" not in text and "**The paper's shape holds here**" in text
+
+
 @pytest.mark.slow
 def test_smoke_reproduce_groups_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "groups", "--preset", "smoke", "--runs", str(tmp_path)]) == 0

@@ -27,6 +27,7 @@ from groupnorm.report.common import (
     recorded,
     save_figure,
     seed_noise_note,
+    tie,
     write_report,
 )
 from groupnorm.train.records import Record
@@ -40,6 +41,7 @@ AXES = {
     "channels_per_group": ("channels per group", paper.TABLE3_CHANNELS, "IN"),
 }
 MIDDLE_MARGIN = 1.0  # "the middle of the range within about a point of the best"
+TIE_FLOOR = 0.5  # with one seed, an end leading its row by less than this is a tie (common.tie)
 
 
 def setting_of(norm: str) -> tuple[str, int] | None:
@@ -102,8 +104,14 @@ def _row_verdict(axis: str, row: dict[int, Cell]) -> list[str]:
         runner = max(others, key=lambda v: stats[v][0])
         gap = stats[1][0] - stats[runner][0]
         paper_gap = paper_row[1] - max(e for v, e in paper_row.items() if v != 1)
-        noise = seed_noise_note(gap, math.hypot(stats[1][1], stats[runner][1]), n)
-        where = "the worst of its row" if worst == 1 else f"not the worst of its row ({row[worst].label} is)"
+        sd = math.hypot(stats[1][1], stats[runner][1])
+        noise = seed_noise_note(gap, sd, n) if n > 1 else f"one seed: differences below {TIE_FLOOR:.1f} count as ties"
+        if worst == 1 and tie(gap, sd, n, TIE_FLOOR):
+            where = f"the worst of its row, but tied with {row[runner].label}"
+        elif worst == 1:
+            where = "the worst of its row"
+        else:
+            where = f"not the worst of its row ({row[worst].label} is)"
         lines.append(
             f"  - {end} (value 1) is {where}: {gap:+.2f} points against the next worst, {row[runner].label} "
             f"({noise}); paper: {end} {paper_gap:+.1f} above the next worst."
@@ -134,23 +142,33 @@ def verdict(rows: dict[str, dict[int, Cell]]) -> list[str]:
             lines += _row_verdict(axis, rows[axis])
     if not lines:
         return ["No run of this report is a Table 3 setting (gn:G, gn/K, ln, in)."]
-    holds = []
+    holds, tied = [], []
     for axis in AXES:
         row = rows.get(axis, {})
         if 1 in row and len(row) > 1:
-            stats = {v: c.mean_std[0] for v, c in row.items()}
-            best = min(stats.values())
+            stats = {v: c.mean_std for v, c in row.items()}
+            best = min(m for m, _ in stats.values())
             middle = [v for v in stats if v not in (1, max(stats))]
-            holds.append(
-                max(stats, key=stats.__getitem__) == 1 and all(stats[v] - best <= MIDDLE_MARGIN for v in middle)
-            )
-    if holds and all(holds):
+            runner = max((v for v in stats if v != 1), key=lambda v: stats[v][0])
+            n = min(len(c.records) for c in row.values())
+            end_worst = max(stats, key=lambda v: stats[v][0]) == 1
+            holds.append(end_worst and all(stats[v][0] - best <= MIDDLE_MARGIN for v in middle))
+            gap, sd = stats[1][0] - stats[runner][0], math.hypot(stats[1][1], stats[runner][1])
+            tied.append(holds[-1] and tie(gap, sd, n, TIE_FLOOR))
+    if holds and all(holds) and not any(tied):
         summary = (
             "**The paper's shape holds here**: LN and IN are the worst of their rows and the middle of the range "
             "is within about a point of the best."
         )
+    elif holds and all(holds):
+        summary = (
+            "**The paper's shape holds in direction only**: the ends are the worst of their rows, but at least one "
+            "by less than the noise (see above)."
+        )
     elif any(holds):
-        summary = "**The paper's shape holds in one row only** (see above)."
+        summary = "**The paper's shape holds in one row only** (see above)" + (
+            ", and there in direction only: its end leads by less than the noise." if any(tied) else "."
+        )
     elif holds:
         summary = "**The paper's shape does not hold here** (see above): report the numbers, not the paper's story."
     else:
