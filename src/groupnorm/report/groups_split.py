@@ -65,12 +65,12 @@ def reading(row: dict[str, Cell]) -> str:
     if "gn" not in row:
         return "GN with the same number of groups did not run with this recipe: nothing to measure the halves from."
     moves = {kind: _diff(row[kind], row["gn"]) for kind in HALVES if kind in row}
-    parts = [f"taking {HALVES[k]} per channel moves GN's error by {d:+.2f} ({seed_noise_note(d, s, n)})"
+    parts = [f"taking {HALVES[k]} per channel moves GN's error by {d:+.2f}, {seed_noise_note(d, s, n)}"
              for k, (d, s, n) in moves.items()]  # fmt: skip
     text = "Against GN with the same groups: " + "; ".join(parts) + "."
     if "in" in row:
         d, s, n = _diff(row["in"], row["gn"])
-        text += f" IN, both per channel: {d:+.2f} ({seed_noise_note(d, s, n)})."
+        text += f" IN, both per channel: {d:+.2f}, {seed_noise_note(d, s, n)}."
     beyond = [k for k, (d, s, n) in moves.items() if n >= 2 and abs(d) > 2 * s]
     if len(moves) < 2:
         return text + " Only one half ran: no split of IN's difference."
