@@ -22,6 +22,7 @@ __all__ = [
     "convergence",
     "convergence_text",
     "curves_figure",
+    "diff",
     "finished_runs",
     "fmt",
     "gated",
@@ -316,6 +317,15 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def diff(a: Cell, b: Cell, key: str = "error") -> tuple[float, float, int] | None:
+    """mean(a) − mean(b) of ``key`` over the finished runs, the sd of that difference, and the fewest seeds."""
+    va, vb = a.values(key), b.values(key)
+    if not va or not vb:
+        return None
+    (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
+    return ma - mb, math.hypot(sa, sb), min(len(va), len(vb))
 
 
 def seed_noise_note(diff: float, std: float, n_seeds: int) -> str:

@@ -17,6 +17,7 @@ from groupnorm.report import common, paper
 from groupnorm.report.common import (
     convergence,
     convergence_text,
+    diff,
     fmt,
     gated,
     group_cells,
@@ -29,7 +30,7 @@ from groupnorm.report.common import (
     seed_noise_note,
     write_report,
 )
-from groupnorm.report.detection_bn import diff, explanation
+from groupnorm.report.detection_bn import explanation
 from groupnorm.report.detection_figures import fig_curves, fig_samples
 from groupnorm.train.records import Record, load_records
 

@@ -14,15 +14,14 @@ at every step (from each device's 2 images). Two measurements tell which differe
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from groupnorm.report.common import Cell, markdown_table, mean_std, seed_noise_note
+from groupnorm.report.common import Cell, diff, markdown_table, seed_noise_note
 from groupnorm.train.detection import BACKBONE_STATS
 
-__all__ = ["diff", "explanation", "reading", "shift_rows"]
+__all__ = ["explanation", "reading", "shift_rows"]
 
 SHIFT_TABLE_LAYERS = 12  # the table shows this many layers (first and last ones), the averages cover all
 
@@ -50,15 +49,6 @@ def shift_rows(cell: Cell) -> list[dict[str, Any]]:
         }
         for rows in zip(*recs, strict=True)
     ]
-
-
-def diff(a: Cell, b: Cell, key: str) -> tuple[float, float, int] | None:
-    """mean(a) − mean(b) of ``key`` over the finished runs, the sd of that difference, and the fewest seeds."""
-    va, vb = a.values(key), b.values(key)
-    if not va or not vb:
-        return None
-    (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
-    return ma - mb, math.hypot(sa, sb), min(len(va), len(vb))
 
 
 def _beyond(d: tuple[float, float, int]) -> bool:

@@ -7,13 +7,13 @@ and IN of the same recipe, the two halves say how much of the step from GN to IN
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from groupnorm.report.common import (
     Cell,
     convergence,
     curves_figure,
+    diff,
     fmt,
     group_cells,
     markdown_table,
@@ -53,23 +53,17 @@ def split_cells(recs: list[Record]) -> dict[int, dict[str, Cell]]:
     return out
 
 
-def _diff(a: Cell, b: Cell) -> tuple[float, float, int]:
-    """(mean of a - mean of b, sd of that difference, seeds): a's error above b's."""
-    (ma, sa), (mb, sb) = a.mean_std, b.mean_std
-    return ma - mb, math.hypot(sa, sb), min(len(a.records), len(b.records))
-
-
 def reading(row: dict[str, Cell]) -> str:
     """What the halves say: each half's move from GN, and which statistic carries IN's difference, named only
     beyond seed noise."""
     if "gn" not in row:
         return "GN with the same number of groups did not run with this recipe: nothing to measure the halves from."
-    moves = {kind: _diff(row[kind], row["gn"]) for kind in HALVES if kind in row}
+    moves = {kind: diff(row[kind], row["gn"]) for kind in HALVES if kind in row}
     parts = [f"taking {HALVES[k]} per channel moves GN's error by {d:+.2f}, {seed_noise_note(d, s, n)}"
              for k, (d, s, n) in moves.items()]  # fmt: skip
     text = "Against GN with the same groups: " + "; ".join(parts) + "."
     if "in" in row:
-        d, s, n = _diff(row["in"], row["gn"])
+        d, s, n = diff(row["in"], row["gn"])
         text += f" IN, both per channel: {d:+.2f}, {seed_noise_note(d, s, n)}."
     beyond = [k for k, (d, s, n) in moves.items() if n >= 2 and abs(d) > 2 * s]
     if len(moves) < 2:
@@ -95,7 +89,7 @@ def _table(groups: int, row: dict[str, Cell]) -> str:
     gn = row.get("gn")
     body = [
         ["val error", *[fmt(*row[k].mean_std, len(row[k].records)) for k, _ in columns]],
-        ["− GN", *[f"{_diff(row[k], gn)[0]:+.2f}" if gn is not None else "–" for k, _ in columns]],
+        ["− GN", *[f"{diff(row[k], gn)[0]:+.2f}" if gn is not None else "–" for k, _ in columns]],
         ["train error", *[fmt(*mean_std(row[k].train_errors), n) for k, _ in columns]],
     ]
     return markdown_table(["", *[title for _, title in columns]], body)
