@@ -208,6 +208,28 @@ def test_nan_stays_in_its_group():
     assert torch.isfinite(y[0, 2:]).all() and torch.isfinite(y[1]).all()
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_float64_default_dtype_without_affine(fmt):
+    # The kernels read their parameters and statistics as float32: the defaults (no weight, no bias) and
+    # the buffers must be float32 whatever torch's default dtype (it used to give errors of order 1).
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=fmt).requires_grad_()
+    dy = torch.randn(2, 8, 9, 9)
+    xd = x.detach().double().requires_grad_()
+    ref = TF.silu(TF.group_norm(xd, 4))
+    ref.backward(dy.double())
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        y = F.group_norm_act(x, 4, act="silu")
+        y.backward(dy)
+        plain = F.group_norm(x.detach(), 4)
+    finally:
+        torch.set_default_dtype(old)
+    assert (y.double() - ref).abs().max() < 1e-5
+    assert (x.grad.double() - xd.grad).abs().max() < 1e-4
+    assert (plain.double() - TF.group_norm(xd.detach(), 4)).abs().max() < 1e-5
+
+
 # ---------------------------------------------------------------------------------------
 # the ops
 

@@ -220,16 +220,18 @@ def group_norm(
     weight = _check_param(fn, "weight", weight, c, x)
     bias = _check_param(fn, "bias", bias, c, x)
     eps = _check_eps(fn, eps)
-    if x.numel() == 0:
+    numel = x.numel()
+    if numel == 0:
         return _empty_like_connected(x, weight, bias)
-    if _exporting():  # standard ops, no data-dependent branch: see _group_norm_composite
-        return _group_norm_composite(x, groups, weight, bias, eps)
     fmt = memory_format_of(x)
-    if _traced():  # torch.compile: the eager dispatch, decided by layout and dtype alone
+    if _traced():
+        if _exporting():  # standard ops, no data-dependent branch: see _group_norm_composite
+            return _group_norm_composite(x, groups, weight, bias, eps)
+        # torch.compile: the eager dispatch, decided by layout and dtype alone
         if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels when it runs
             return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
         return _group_norm_composite(x, groups, weight, bias, eps)
-    spatial = math.prod(x.shape[2:])
+    spatial = numel // (n * c)
     ours = fmt in _CPU_KERNEL_FORMATS or spatial >= _NCHW_KERNEL_MIN_POSITIONS
     if ours and kernels.cpu.supports(x) and kernels.cpu.available():
         return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]

@@ -652,16 +652,12 @@ inline void storef(float* p, vf v) { F32::storev(p, v); }
 // channels-last forward: the (S, C) rows of a sample in pieces of up to kRowsPerPiece whole
 // rows (the same pieces for every thread count, so the result does not depend on the threads).
 // Statistics: per piece and channel, one pass of sums shifted by the channel's value in the
-// sample's first row, held in registers for a block of channels while the rows stream by;
-// then per channel the pieces' sums in float64, in order, and its moments (summed again around
-// the mean, in two passes, for a channel whose shift was an outlier); the channels of a group
-// merged with Chan's formula. Output: a second pass per piece, with each block's mean, scale
-// and shift in registers. Samples go in waves whose inputs fit the threads' L2 where they can.
-
-// Vectors of channels held in registers (3 accumulators each): 12 of the 16 (AVX2, SSE) or 32 (AVX-512)
-// vector registers. With AVX2's 8-float vectors, 4 beat 2 (2x1024x14x14 channels-last, 1 thread: identity
-// forward 222 against 282 us, backward 365 against 437).
-constexpr int64_t kBlk = 4;
+// sample's first row, the rows streamed in memory order with the piece's sums in L1; then per
+// channel the pieces' sums in float64, in order, and its moments (summed again around the mean,
+// in two passes, for a channel whose shift was an outlier); the channels of a group merged with
+// Chan's formula. Output: a second pass per piece, in memory order. Samples go in waves whose
+// inputs fit the threads' L2 where they can; samples larger than that go up to 4 at a time (they
+// are read twice from L3 or memory either way, and fewer waves mean fewer barriers).
 
 // Rows per piece: float32 sums of at most this many terms, then float64.
 constexpr int64_t kRowsPerPiece = 256;
@@ -671,50 +667,49 @@ constexpr int64_t kRowsPerPiece = 256;
 // of a one-sample wave. A function of the shape alone: the result does not depend on the threads.
 inline int64_t rows_per_piece(int64_t S, int64_t C) {
   const int64_t by_size = std::max<int64_t>(4, 4 * kPiece / std::max<int64_t>(C, 1));
-  return std::max<int64_t>(1, std::min({S, kRowsPerPiece, by_size}));
+  const int64_t most = std::max<int64_t>(1, std::min({S, kRowsPerPiece, by_size}));
+  const int64_t pieces = (S + most - 1) / most;
+  return (S + pieces - 1) / pieces;  // pieces of equal size: no short last piece left to one thread
 }
 
-// For channels [0, V * kV) of `rows` rows C apart: s1 = sum(x - k), s2 = sum((x - k)^2).
-template <class L, int V>
-inline void shifted_sums_block(const typename L::T* xs, int64_t C, int64_t rows, const typename L::T* k, float* s1,
-                               float* s2) {
-  vf kk[V], a[V], q[V];
-  for (int v = 0; v < V; ++v) {
-    kk[v] = L::loadv(k + v * kV);
-    a[v] = splat<vf>(0.0f);
-    q[v] = a[v];
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const typename L::T* row = xs + r * C;
-    for (int v = 0; v < V; ++v) {
-      const vf u = L::loadv(row + v * kV) - kk[v];
-      a[v] += u;
-      q[v] += u * u;
-    }
-  }
-  for (int v = 0; v < V; ++v) {
-    storef(s1 + v * kV, a[v]);
-    storef(s2 + v * kV, q[v]);
-  }
-}
-
-// shifted_sums_block over all C channels; k: the shift per channel (a row of the sample).
+// s1 = sum(x - k) and s2 = sum((x - k)^2) per channel over `rows` rows C apart (k: the shift per channel, a row
+// of the sample), in memory order: two rows at a time, every vector of channels added into the sums (2 C
+// floats, in L1). Streaming whole rows keeps the prefetchers ahead; walking a block of channels down the rows
+// (its sums in registers) touched a few cache lines of each row and was 1.3-1.8x slower.
 template <class L>
 inline void shifted_sums(const typename L::T* xs, int64_t C, int64_t rows, const typename L::T* k, float* s1,
                          float* s2) {
-  int64_t c = 0;
-  for (; c + kBlk * kV <= C; c += kBlk * kV) shifted_sums_block<L, kBlk>(xs + c, C, rows, k + c, s1 + c, s2 + c);
-  for (; c + kV <= C; c += kV) shifted_sums_block<L, 1>(xs + c, C, rows, k + c, s1 + c, s2 + c);
-  for (; c < C; ++c) {
-    const float kc = L::load(k, c);
-    float a = 0.0f, q = 0.0f;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float u = L::load(xs, r * C + c) - kc;
-      a += u;
-      q += u * u;
+  std::fill(s1, s1 + C, 0.0f);
+  std::fill(s2, s2 + C, 0.0f);
+  const int64_t cv = C - C % kV;
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const typename L::T* r0 = xs + r * C;
+    const typename L::T* r1 = r0 + C;
+    for (int64_t c = 0; c < cv; c += kV) {
+      const vf kk = L::loadv(k + c);
+      const vf u = L::loadv(r0 + c) - kk, v = L::loadv(r1 + c) - kk;
+      storef(s1 + c, loadf(s1 + c) + (u + v));
+      storef(s2 + c, loadf(s2 + c) + (u * u + v * v));
     }
-    s1[c] = a;
-    s2[c] = q;
+    for (int64_t c = cv; c < C; ++c) {
+      const float kc = L::load(k, c), u = L::load(r0, c) - kc, v = L::load(r1, c) - kc;
+      s1[c] += u + v;
+      s2[c] += u * u + v * v;
+    }
+  }
+  if (r < rows) {
+    const typename L::T* r0 = xs + r * C;
+    for (int64_t c = 0; c < cv; c += kV) {
+      const vf u = L::loadv(r0 + c) - L::loadv(k + c);
+      storef(s1 + c, loadf(s1 + c) + u);
+      storef(s2 + c, loadf(s2 + c) + u * u);
+    }
+    for (int64_t c = cv; c < C; ++c) {
+      const float u = L::load(r0, c) - L::load(k, c);
+      s1[c] += u;
+      s2[c] += u * u;
+    }
   }
 }
 
@@ -746,34 +741,17 @@ inline void channel_moments(const typename L::T* xs, int64_t C, int64_t S, doubl
   m2 = std::max(0.0, m2);
 }
 
-template <class L, int ACT, int V>
-inline void output_block(const typename L::T* xs, typename L::T* ys, int64_t C, int64_t rows, const float* hi,
-                         const float* sc, const float* sh) {
-  vf h[V], s[V], t[V];
-  for (int v = 0; v < V; ++v) {
-    h[v] = loadf(hi + v * kV);
-    s[v] = loadf(sc + v * kV);
-    t[v] = loadf(sh + v * kV);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int v = 0; v < V; ++v) {
-      L::storev(ys + r * C + v * kV, act_forward<ACT>((L::loadv(xs + r * C + v * kV) - h[v]) * s[v] + t[v]));
-    }
-  }
-}
-
-// y = act((x - hi) * sc + sh) over the W channels of rows C apart.
+// y = act((x - hi) * sc + sh) over `rows` rows of C channels, in memory order (as shifted_sums).
 template <class L, int ACT>
-inline void output_rows(const typename L::T* xs, typename L::T* ys, int64_t C, int64_t W, int64_t rows,
-                        const float* hi, const float* sc, const float* sh) {
-  int64_t c = 0;
-  for (; c + kBlk * kV <= W; c += kBlk * kV)
-    output_block<L, ACT, kBlk>(xs + c, ys + c, C, rows, hi + c, sc + c, sh + c);
-  for (; c + kV <= W; c += kV) output_block<L, ACT, 1>(xs + c, ys + c, C, rows, hi + c, sc + c, sh + c);
-  if (c < W) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = c; j < W; ++j)
-        L::store(ys, r * C + j, act_forward<ACT>((L::load(xs, r * C + j) - hi[j]) * sc[j] + sh[j]));
+inline void output_rows(const typename L::T* xs, typename L::T* ys, int64_t C, int64_t rows, const float* hi,
+                        const float* sc, const float* sh) {
+  const int64_t cv = C - C % kV;
+  for (int64_t r = 0; r < rows; ++r) {
+    const typename L::T* row = xs + r * C;
+    typename L::T* out = ys + r * C;
+    for (int64_t c = 0; c < cv; c += kV)
+      L::storev(out + c, act_forward<ACT>((L::loadv(row + c) - loadf(hi + c)) * loadf(sc + c) + loadf(sh + c)));
+    for (int64_t c = cv; c < C; ++c) L::store(out, c, act_forward<ACT>((L::load(row, c) - hi[c]) * sc[c] + sh[c]));
   }
 }
 
@@ -784,7 +762,8 @@ void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_
   const int64_t D = C / G, R = rows_per_piece(S, C);
   const int64_t pps = (S + R - 1) / R;  // pieces per sample
   const double inv_s = 1.0 / double(S);
-  const int64_t wave = std::min(N, samples_per_wave(C * S * int64_t(sizeof(typename L::T)), budget));
+  const int64_t sbytes = C * S * int64_t(sizeof(typename L::T));
+  const int64_t wave = sbytes > budget ? std::min<int64_t>(N, 4) : std::min(N, samples_per_wave(sbytes, budget));
   std::vector<float> ps1(size_t(wave * pps * C)), ps2(ps1.size());  // per piece and channel
   std::vector<float> hi(size_t(wave * C)), sc(hi.size()), sh(hi.size());
 
@@ -837,7 +816,7 @@ void forward_nhwc(const typename L::T* x, const float* w, const float* b, int64_
     for (int64_t p = 0; p < pieces; ++p) {
       const int64_t n = n0 + p / pps, r0 = (p % pps) * R, rows = std::min(S, r0 + R) - r0;
       const size_t off = size_t((n - n0) * C);
-      output_rows<L, ACT>(x + (n * S + r0) * C, y + (n * S + r0) * C, C, C, rows, hi.data() + off, sc.data() + off,
+      output_rows<L, ACT>(x + (n * S + r0) * C, y + (n * S + r0) * C, C, rows, hi.data() + off, sc.data() + off,
                           sh.data() + off);
     }
   }
@@ -907,63 +886,65 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
 }
 
 // Channels-last backward, in pieces and waves as the forward. Per piece and channel the
-// sums of dz and dz * (x - mean) (float32, in registers for a block of channels), then per
-// channel their sums over the pieces in float64, in order, and the coefficients of dx; then dx
-// per piece with each block's coefficients in registers.
-constexpr int V_BWD = 2;  // 5 (sums) or 6 (dx) accumulators per vector of channels: 10-12 registers
+// sums of dz and dz * (x - mean) (float32, the rows streamed in memory order), then per channel
+// their sums over the pieces in float64, in order, and the coefficients of dx; then dx per piece.
 
 // Rows per backward piece: fewer than the forward's, as each pass reads two tensors, x and dy
-// (measured: 32 rows beat 256 by 17% at 2x320x64x64 channels-last on one thread).
+// (measured: 32 rows beat 256 by 17% at 2x320x64x64 channels-last on one thread; with the rows streamed,
+// 128 rows were no faster than 32).
 constexpr int64_t kRowsPerPieceBwd = 32;
 
-template <class L, int ACT, int V>
-inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs, float* ks, int64_t C,
-                                int64_t rows, const float* m, const float* sc, const float* bb, float* qa, float* qb) {
-  vf mv[V], sv[V], bv[V], a[V], q[V];
-  for (int v = 0; v < V; ++v) {
-    mv[v] = loadf(m + v * kV);
-    sv[v] = loadf(sc + v * kV);
-    bv[v] = loadf(bb + v * kV);
-    a[v] = splat<vf>(0.0f);
-    q[v] = a[v];
-  }
+// Per channel over `rows` rows C apart, in memory order (as shifted_sums): qa = sum dz, qb = sum dz * (x - m),
+// with dz = act'(z) dy and z = (x - m) * sc + bb; SiLU keeps dz (float32) in ks, rows C apart, for the dx pass.
+template <class L, int ACT>
+inline void backward_sums_rows(const typename L::T* xs, const typename L::T* gs, float* ks, int64_t C, int64_t rows,
+                               const float* m, const float* sc, const float* bb, float* qa, float* qb) {
+  std::fill(qa, qa + C, 0.0f);
+  std::fill(qb, qb + C, 0.0f);
+  const int64_t cv = C - C % kV;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int v = 0; v < V; ++v) {
-      const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
-      const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
-      if constexpr (ACT == kSilu) F32::storev(ks + r * C + v * kV, dz);  // read back by backward_dx_block
-      a[v] += dz;
-      q[v] += dz * xc;
+    const typename L::T* xr = xs + r * C;
+    const typename L::T* gr = gs + r * C;
+    for (int64_t c = 0; c < cv; c += kV) {
+      const vf xc = L::loadv(xr + c) - loadf(m + c);
+      const vf dz = act_backward<ACT>(L::loadv(gr + c), xc * loadf(sc + c) + loadf(bb + c));
+      if constexpr (ACT == kSilu) storef(ks + r * C + c, dz);
+      storef(qa + c, loadf(qa + c) + dz);
+      storef(qb + c, loadf(qb + c) + dz * xc);
     }
-  }
-  for (int v = 0; v < V; ++v) {
-    storef(qa + v * kV, a[v]);
-    storef(qb + v * kV, q[v]);
+    for (int64_t c = cv; c < C; ++c) {
+      const float xc = L::load(xr, c) - m[c];
+      const float dz = act_backward<ACT>(L::load(gr, c), xc * sc[c] + bb[c]);
+      if constexpr (ACT == kSilu) ks[r * C + c] = dz;
+      qa[c] += dz;
+      qb[c] += dz * xc;
+    }
   }
 }
 
-template <class L, int ACT, int V>
-inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, const float* ks, typename L::T* os,
-                              int64_t C, int64_t rows, const float* m, const float* sc, const float* bb,
-                              const float* k1, const float* k2, const float* k3) {
-  vf mv[V], sv[V], bv[V], c1[V], c2[V], c3[V];
-  for (int v = 0; v < V; ++v) {
-    mv[v] = loadf(m + v * kV);
-    sv[v] = loadf(sc + v * kV);
-    bv[v] = loadf(bb + v * kV);
-    c1[v] = loadf(k1 + v * kV);
-    c2[v] = loadf(k2 + v * kV);
-    c3[v] = loadf(k3 + v * kV);
-  }
+// dx = k1 dz + k2 (x - m) + k3 over `rows` rows C apart, in memory order; SiLU reads dz back from ks.
+template <class L, int ACT>
+inline void backward_dx_rows(const typename L::T* xs, const typename L::T* gs, const float* ks, typename L::T* os,
+                             int64_t C, int64_t rows, const float* m, const float* sc, const float* bb,
+                             const float* k1, const float* k2, const float* k3) {
+  const int64_t cv = C - C % kV;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int v = 0; v < V; ++v) {
-      const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
+    const typename L::T* xr = xs + r * C;
+    const typename L::T* gr = gs + r * C;
+    typename L::T* orow = os + r * C;
+    for (int64_t c = 0; c < cv; c += kV) {
+      const vf xc = L::loadv(xr + c) - loadf(m + c);
       vf dz;
       if constexpr (ACT == kSilu)
-        dz = F32::loadv(ks + r * C + v * kV);  // kept there by backward_sums_block
+        dz = loadf(ks + r * C + c);  // kept there by backward_sums_rows
       else
-        dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
-      L::storev(os + r * C + v * kV, c1[v] * dz + c2[v] * xc + c3[v]);
+        dz = act_backward<ACT>(L::loadv(gr + c), xc * loadf(sc + c) + loadf(bb + c));
+      L::storev(orow + c, loadf(k1 + c) * dz + loadf(k2 + c) * xc + loadf(k3 + c));
+    }
+    for (int64_t c = cv; c < C; ++c) {
+      const float xc = L::load(xr, c) - m[c];
+      const float dz = ACT == kSilu ? ks[r * C + c] : act_backward<ACT>(L::load(gr, c), xc * sc[c] + bb[c]);
+      L::store(orow, c, k1[c] * dz + k2[c] * xc + k3[c]);
     }
   }
 }
@@ -978,7 +959,6 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
   std::vector<float> pa(size_t(wave * pps * C)), pb(pa.size());  // per piece and channel
   std::vector<float> mh(per_wave), scale(per_wave), k1(per_wave), k2(per_wave), k3(per_wave);
   std::vector<double> A(size_t(N * C)), B(size_t(N * C));  // per (n, c): sum dz, sum dz * x_hat
-  constexpr int64_t VW = V_BWD * kV;
   // SiLU keeps dz (float32) between the passes: in dx for float32, in a buffer of the wave for bfloat16
   constexpr bool own_buffer = ACT == kSilu && !kKeepDz<L, ACT>;
   std::vector<float> dz_buffer(own_buffer ? size_t(wave * S * C) : 0);
@@ -1006,26 +986,7 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       const float* sc = scale.data() + (n - n0) * C;
       float* qa = pa.data() + p * C;
       float* qb = pb.data() + p * C;
-      int64_t c = 0;
-      for (; c + VW <= C; c += VW)  // SiLU keeps dz at kept_at(...) for the dx pass
-        backward_sums_block<L, ACT, V_BWD>(xs + c, gs + c, kept_at(n, n0, r0, c), C, rows, m + c, sc + c, b + c,
-                                           qa + c, qb + c);
-      for (; c + kV <= C; c += kV)
-        backward_sums_block<L, ACT, 1>(xs + c, gs + c, kept_at(n, n0, r0, c), C, rows, m + c, sc + c, b + c, qa + c,
-                                       qb + c);
-      float* ks = kept_at(n, n0, r0, 0);
-      for (; c < C; ++c) {
-        float sa = 0.0f, sb = 0.0f;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float xc = L::load(xs, r * C + c) - m[c];
-          const float dz = act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
-          if constexpr (ACT == kSilu) ks[r * C + c] = dz;
-          sa += dz;
-          sb += dz * xc;
-        }
-        qa[c] = sa;
-        qb[c] = sb;
-      }
+      backward_sums_rows<L, ACT>(xs, gs, kept_at(n, n0, r0, 0), C, rows, m, sc, b, qa, qb);
     }
 #pragma omp for schedule(static)
     for (int64_t grp = n0 * G; grp < n1 * G; ++grp) {
@@ -1053,24 +1014,9 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
       const typename L::T* xs = x + (n * S + r0) * C;
       const typename L::T* gs = dy + (n * S + r0) * C;
       typename L::T* os = dx + (n * S + r0) * C;
-      const float* ks = kept_at(n, n0, r0, 0);
       const float *m = mh.data() + off, *sc = scale.data() + off;
-      const float *c1 = k1.data() + off, *c2 = k2.data() + off, *c3 = k3.data() + off;
-      int64_t c = 0;
-      for (; c + VW <= C; c += VW)
-        backward_dx_block<L, ACT, V_BWD>(xs + c, gs + c, kept_at(n, n0, r0, c), os + c, C, rows, m + c, sc + c,
-                                         b + c, c1 + c, c2 + c, c3 + c);
-      for (; c + kV <= C; c += kV)
-        backward_dx_block<L, ACT, 1>(xs + c, gs + c, kept_at(n, n0, r0, c), os + c, C, rows, m + c, sc + c, b + c,
-                                     c1 + c, c2 + c, c3 + c);
-      for (; c < C; ++c) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const float xc = L::load(xs, r * C + c) - m[c];
-          const float dz = ACT == kSilu ? ks[r * C + c]
-                                        : act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + b[c]);
-          L::store(os, r * C + c, c1[c] * dz + c2[c] * xc + c3[c]);
-        }
-      }
+      backward_dx_rows<L, ACT>(xs, gs, kept_at(n, n0, r0, 0), os, C, rows, m, sc, b, k1.data() + off, k2.data() + off,
+                               k3.data() + off);
     }
   }
   reduce_param_grads(A.data(), B.data(), N, C, dw, db);

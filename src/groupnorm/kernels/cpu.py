@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -186,6 +185,13 @@ def supports(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in DTYPES and x.dim() >= 2
 
 
+def _sizes(x: Tensor) -> tuple[int, int, int]:
+    """(N, C, S) of a non-empty x of shape (N, C, *), S the product of the trailing dims."""
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    return n, c, x.numel() // (n * c)
+
+
 def _layout(x: Tensor) -> tuple[Tensor, int, torch.memory_format]:
     """x in the layout the kernels read, with its code (0: N,C,S; 1: N,S,C) and memory format."""
     fmt = memory_format_of(x)
@@ -202,8 +208,9 @@ def _float32(t: Tensor) -> Tensor:
 
 
 def _params(weight: Tensor | None, bias: Tensor | None, c: int) -> tuple[Tensor, Tensor]:
-    w = torch.ones(c) if weight is None else _float32(weight)
-    b = torch.zeros(c) if bias is None else _float32(bias)
+    # float32 whatever torch's default dtype: the kernels read these as float32
+    w = torch.ones(c, dtype=torch.float32) if weight is None else _float32(weight)
+    b = torch.zeros(c, dtype=torch.float32) if bias is None else _float32(bias)
     return w, b
 
 
@@ -231,15 +238,14 @@ def forward(
     ``"split"`` (groups split over threads) or ``"auto"`` (tasks when there are at least two per
     thread); for tests and tuning.
     """
-    lib = load()
+    lib = _lib or load()
     if lib is None:
         raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
-    n, c = x.shape[:2]
-    s = math.prod(x.shape[2:])
+    n, c, s = _sizes(x)
     xc, layout, fmt = _layout(x)
     y = torch.empty_like(xc, memory_format=fmt)
-    mean = x.new_empty((n, num_groups), dtype=torch.float32)
-    rstd = torch.empty_like(mean)
+    mean = torch.empty((n, num_groups), dtype=torch.float32)
+    rstd = torch.empty((n, num_groups), dtype=torch.float32)
     w, b = _params(weight, bias, c)
     threads, code, wave = _tuning(mode)
     rc = lib.gn_forward(
@@ -266,11 +272,10 @@ def backward(
 
     dweight and dbias are float32 of shape (C,), computed whether or not there is a weight.
     """
-    lib = load()
+    lib = _lib or load()
     if lib is None:
         raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
-    n, c = x.shape[:2]
-    s = math.prod(x.shape[2:])
+    n, c, s = _sizes(x)
     xc, layout, fmt = _layout(x)
     dyc = (
         dy

@@ -46,7 +46,7 @@ def _native_params(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tup
     statistics in float32 (without one they would round them to x's dtype).
     """
     if x.dtype in (torch.float16, torch.bfloat16):
-        w = torch.ones(x.shape[1], device=x.device) if weight is None else weight.detach().float()
+        w = torch.ones(x.shape[1], device=x.device, dtype=torch.float32) if weight is None else weight.detach().float()
         return w, None if bias is None else bias.detach().float()
     return tuple(None if p is None else p.detach().to(x.dtype) for p in (weight, bias))
 

@@ -223,6 +223,8 @@ def group_norm_act(
     """
     if torch.compiler.is_compiling():
         return group_norm_act_op(x, weight, bias, num_groups, eps, act)
-    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if not torch.is_grad_enabled() or not (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    ):
         return _forward_impl(x, weight, bias, num_groups, eps, act)  # no graph to record: no Function's cost
     return _GroupNormAct.apply(x, weight, bias, num_groups, eps, act)
