@@ -179,3 +179,28 @@ def test_smoke_reproduce_features_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 already finished" in out and "epoch 1/" not in out
     assert main(["report", "features", "--runs", str(tmp_path)]) == 0
+
+
+def test_report_measures_drift_and_jitter_per_run_not_on_the_seed_mean(tmp_path):
+    # Two seeds whose spreads zig-zag in opposite phase: the mean curve is flat (no jitter, no drift), while
+    # each run changes by 20% from one probe to the next; the report must say the latter.
+    from groupnorm.report import features as report
+
+    for seed, phase in ((0, 0), (1, 1)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"norm": "none", "seed": seed}))
+        (run / "result.json").write_text(json.dumps({"error": 10.0, "train_error": 9.0}))
+        (run / "metrics.jsonl").write_text("")
+        spreads = [1.0, *[10.0 if (i + phase) % 2 == 0 else 12.0 for i in range(9)]]
+        lines = [
+            {"iteration": 10 * i, "epoch": i / 2, "percentiles": {"1": -s / 2, "99": s / 2}}
+            for i, s in enumerate(spreads)
+        ]
+        (run / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in lines))
+    (cell,) = report._norm_runs(load_records(tmp_path)).values()
+    assert cell.curves().jitter == 0.0  # the mean of the two curves is flat after the first epoch
+    jitter, sd = cell.run_stat("jitter")
+    assert jitter == pytest.approx(100 * (12 - 10) / 11, rel=0.15) and sd < 5
+    drift, _ = cell.run_stat("drift")
+    assert drift == pytest.approx(1.0, abs=0.21)
