@@ -33,6 +33,8 @@ CASES = [
     ((2, 5, 4, 3), 5),
     ((2, 40, 9, 11), 8),
     ((1, 4, 4100), 2),  # a channel's run longer than one float32 chunk (4096), with a partial vector after it
+    ((2, 72, 5, 6), 8),  # channels-last rows wider than 4 vectors (streamed in memory order), a partial vector left
+    ((1, 100, 3, 5), 4),  # the same with an odd number of rows (pairs of rows, then one)
 ]
 
 
