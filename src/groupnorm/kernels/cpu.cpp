@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include <omp.h>
@@ -645,6 +646,16 @@ void forward_nchw_tasks(const typename L::T* x, const float* w, const float* b, 
   }
 }
 
+// A float buffer left uninitialised: std::vector would zero it, a memset of a whole wave's dz per call.
+class Buffer {
+ public:
+  explicit Buffer(size_t n) : p_(n ? new float[n] : nullptr) {}
+  float* data() const { return p_.get(); }
+
+ private:
+  std::unique_ptr<float[]> p_;
+};
+
 inline vf loadf(const float* p) { return F32::loadv(p); }
 inline void storef(float* p, vf v) { F32::storev(p, v); }
 
@@ -932,7 +943,7 @@ void backward_nchw_tasks(const typename L::T* dy, const typename L::T* x, const 
   // holding one task's block (bfloat16), still in L2 when the dx pass reads it back.
   constexpr bool keep = ACT == kSilu;
   constexpr bool own_buffer = keep && !kKeepDz<L, ACT>;
-  std::vector<float> dz_buffer(own_buffer ? size_t(len * nthreads) : 0);
+  const Buffer dz_buffer(own_buffer ? size_t(len * nthreads) : 0);
 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
   {
@@ -1151,7 +1162,7 @@ void backward_nhwc(const typename L::T* dy, const typename L::T* x, const float*
   std::vector<double> A(size_t(N * C)), B(size_t(N * C));  // per (n, c): sum dz, sum dz * x_hat
   // SiLU keeps dz (float32) between the passes: in dx for float32, in a buffer of the wave for bfloat16
   constexpr bool own_buffer = ACT == kSilu && !kKeepDz<L, ACT>;
-  std::vector<float> dz_buffer(own_buffer ? size_t(wave * S * C) : 0);
+  const Buffer dz_buffer(own_buffer ? size_t(wave * S * C) : 0);
   auto kept_at = [&](int64_t n, int64_t n0, int64_t r0, int64_t c) -> float* {  // null where nothing is kept
     if constexpr (ACT != kSilu) return nullptr;
     if constexpr (own_buffer) return dz_buffer.data() + ((n - n0) * S + r0) * C + c;
