@@ -223,14 +223,14 @@ def group_norm(
     numel = x.numel()
     if numel == 0:
         return _empty_like_connected(x, weight, bias)
-    fmt = memory_format_of(x)
     if _traced():
-        if _exporting():  # standard ops, no data-dependent branch: see _group_norm_composite
+        if _exporting():  # standard ops, no data-dependent branch (torch.func cannot ask for memory formats)
             return _group_norm_composite(x, groups, weight, bias, eps)
         # torch.compile: the eager dispatch, decided by layout and dtype alone
-        if fmt in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels when it runs
+        if memory_format_of(x) in _CPU_KERNEL_FORMATS and kernels.cpu.supports(x):  # the op loads the kernels
             return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
         return _group_norm_composite(x, groups, weight, bias, eps)
+    fmt = memory_format_of(x)
     spatial = numel // (n * c)
     ours = fmt in _CPU_KERNEL_FORMATS or spatial >= _NCHW_KERNEL_MIN_POSITIONS
     if ours and kernels.cpu.supports(x) and kernels.cpu.available():
