@@ -5,7 +5,8 @@ ids changed once, by design: its lr rule and warm-up became every task's (docs/r
 changed on purpose since are re-recorded with the change that made them: batch-sizes quick and medium (the
 optimiser's batch held fixed, issue 13); groups quick and medium (trained to convergence: 32 epochs, the quick
 preset on 6 of the 14 settings, issue 13);
-features quick (16 epochs, where its runs pass the convergence check, issue 13) and its new medium (3 seeds).
+features quick (16 epochs, where its runs pass the convergence check, issue 13) and its new medium (3 seeds);
+video quick, medium (new) and full (48 epochs, the quick preset on Table 8's 8-frame columns, issue 13).
 """
 
 import dataclasses

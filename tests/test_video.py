@@ -44,10 +44,15 @@ def test_registered_with_the_cli_and_the_reports():
     assert set(PRESETS) >= {"smoke", "quick", "full"}
 
 
-def test_quick_preset_is_table_8s_grid_scaled_down():
-    cfgs = configs(PRESETS["quick"])
-    assert grid_pairs(PRESETS["quick"]) == [(8, 8), (8, 4), (16, 4)]  # the paper's 32/8, 32/4, 64/4
-    assert len(cfgs) == 3 * 2 * len(PRESETS["quick"].seeds)
+def test_medium_preset_is_table_8s_grid_scaled_down_and_quick_its_short_clips():
+    assert set(PRESETS) >= {"smoke", "quick", "medium", "full"}
+    quick = configs(PRESETS["quick"])
+    assert grid_pairs(PRESETS["quick"]) == [(8, 8), (8, 4)]  # the paper's 32/8 and 32/4
+    assert {c.id for c in quick} <= {c.id for c in configs(PRESETS["medium"])}  # its runs are medium's seed 0
+    assert PRESETS["medium"].seeds == (0, 1, 2)
+    cfgs = configs(PRESETS["medium"])
+    assert grid_pairs(PRESETS["medium"]) == [(8, 8), (8, 4), (16, 4)]  # the paper's 32/8, 32/4, 64/4
+    assert len(cfgs) == 3 * 2 * len(PRESETS["medium"].seeds)
     assert {(c.dataset, c.frames) for c in cfgs} == {("moving-fashion", 8), ("moving-fashion", 16)}
     assert {c.data_name() for c in cfgs} == {"moving-fashion-t8", "moving-fashion-t16"}
     assert {(c.norm, c.devices) for c in cfgs} == {("bn", 8), ("gn:8", 8)}

@@ -27,7 +27,7 @@ examples:
   groupnorm reproduce --set epochs=30 --set seeds=0,1,2
   groupnorm reproduce groups                       Table 3: G and channels per group (~25 min)
   groupnorm reproduce features                     Fig. 6: conv5_3 percentiles of VGG-16, none / BN / GN (~15 min)
-  groupnorm reproduce video                        Table 8: 3D ResNets on moving Fashion-MNIST clips (~20 min)
+  groupnorm reproduce video                        Table 8: 3D ResNets on moving Fashion-MNIST clips (~25 min)
   groupnorm reproduce detection                    Tables 4-7: Mask R-CNN on generated scenes (see docs/results.md)
   groupnorm train --set norm=gn:8 --set images_per_device=2
   groupnorm train --task detection --set backbone_norm=gn:8 --set width=16 --set fpn_channels=32
