@@ -7,6 +7,7 @@ runs/features/figures/*.png
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import statistics
@@ -100,10 +101,11 @@ class NormRuns(common.Cell):
         epochs = [by_seed[0][i]["epoch"] for i in iterations]
         return Curves(iterations, epochs, values)
 
+    @functools.cached_property
     def seed_curves(self) -> list[Curves]:
-        """Each run's own curves. Drift and jitter are measured per run and then averaged: averaging the
-        percentile curves over seeds first smooths the probe-to-probe jitter away (one no-norm run 8.9%, the
-        mean curve of three 3.8%)."""
+        """Each run's own curves, read once (the cell's runs are complete when a report asks). Drift and jitter
+        are measured per run and then averaged: averaging the percentile curves over seeds first smooths the
+        probe-to-probe jitter away (one no-norm run 8.9%, the mean curve of three 3.8%)."""
         out = []
         for r in self.records:
             probes = read_probes(r.run_dir)
@@ -116,7 +118,7 @@ class NormRuns(common.Cell):
     def run_stat(self, name: str) -> tuple[float, float]:
         """Mean and sd over the runs of a per-run curve statistic (``"drift"`` or ``"jitter"``); a run whose
         statistic is not finite (a diverged run) makes the mean that value, nan when there is none."""
-        values = [getattr(c, name) for c in self.seed_curves()]
+        values = [getattr(c, name) for c in self.seed_curves]
         bad = [v for v in values if not _finite(v)]
         if bad:
             return bad[0], float("nan")
