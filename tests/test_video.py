@@ -222,6 +222,23 @@ def test_verdict_says_plainly_when_it_does_not_hold(tmp_path):
     assert "one seed" in text
 
 
+def test_verdict_calls_differences_within_seed_noise_direction_only(tmp_path):
+    # the paper's signs (BN loses a little, GN ahead a little at 4 clips), but every difference within 2 sd
+    exp = tmp_path / "video"
+    _table(
+        exp,
+        {
+            ("bn", 8, 8): [78.0, 80.0, 79.0],
+            ("bn", 8, 4): [77.5, 79.9, 78.9],
+            ("gn:8", 8, 8): [77.0, 80.0, 79.0],
+            ("gn:8", 8, 4): [78.0, 80.5, 78.9],
+        },
+    )
+    text = build_report(exp).read_text()
+    assert "**Table 8's direction holds in direction only**" in text
+    assert "within seed noise" in text and "beyond seed noise" not in text
+
+
 def test_report_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="groupnorm reproduce video"):
         build_report(tmp_path)
