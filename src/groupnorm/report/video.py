@@ -233,7 +233,7 @@ def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: st
             "Paper, 32 to 64 frames: BN +1.2, GN +1.7, GN − BN +1.2."
         )
         gn_ahead = min(gn_ahead, _claim(gap_long, sd_l, n_l), key=_CLAIM_ORDER.index)
-    claims = [c for c in (bn_loses, gn_ahead) if c is not None]
+    claims = [bn_loses or "no", gn_ahead]  # one clips-per-device setting: the first claim is not shown
     if all(c == "beyond" for c in claims):
         summary = (
             "**Table 8's direction holds here**: BN loses more than GN when the clips per device halve, "
