@@ -156,7 +156,7 @@ def _claim(diff: float, sd: float, n: int) -> str:
     within noise, or one seed), or "no"."""
     if diff <= 0:
         return "no"
-    return "beyond" if n >= 2 and diff > 2 * sd else "direction"
+    return "direction" if common.tie(diff, sd, n, floor=math.inf) else "beyond"
 
 
 def _noise(diff: float, sd: float, n: int) -> str:
@@ -195,9 +195,8 @@ def verdict(cells: dict[tuple[str, int, int], VideoCell], bn: str | None, gn: st
     most, fewer = batch_axis(per_device)
 
     def diff(a: VideoCell, b: VideoCell) -> tuple[float, float, int]:
-        """mean(b) − mean(a) of top-1, the sd of that difference, and the fewer seeds of the two cells."""
-        (ma, sa), (mb, sb) = a.stats("top1"), b.stats("top1")
-        return mb - ma, math.hypot(sa, sb), min(len(a.records), len(b.records))
+        """Top-1 of b minus a's, the sd of that difference and the fewer seeds (common.diff, reversed)."""
+        return common.diff(b, a, "top1")
 
     lines, bn_loses = [], None
     if most != fewer:
