@@ -5,9 +5,9 @@
     python benchmarks/kernels.py --device cuda --dtype bfloat16
     python benchmarks/kernels.py --only layers            # or: models
 
-Layers (ResNet-50 stage shapes at N = 2 and 32, SD-UNet shapes at N = 1 and 2; contiguous and
-channels_last), each timed forward and forward+backward in interleaved rounds (so load on a
-shared machine hits every variant alike), medians printed:
+Layers (ResNet-50 stage shapes at N = 2 and 32, SD-UNet shapes at N = 1 and 2, 32x64x56x56 and an FPN
+level 8x256x28x28; contiguous and channels_last), each timed forward and forward+backward in interleaved
+rounds (so load on a shared machine hits every variant alike), medians printed:
     fused   ours = groupnorm.functional.group_norm_act(x, 32, w, b, act="silu")
             eager = torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, w, b))
             timm = timm.layers.GroupNormAct(C, 32, act_layer=nn.SiLU)   (its defaults otherwise)
@@ -51,6 +51,9 @@ except ImportError:  # timm is a dev dependency; the comparison is left out with
 RESNET50 = [(f"r50.{name}", n, c, h, h) for n in (2, 32) for name, c, h in
             (("stem", 64, 112), ("c2", 256, 56), ("c3", 512, 28), ("c4", 1024, 14), ("c5", 2048, 7))]  # fmt: skip
 SD_UNET = [(f"sd.{h}", n, c, h, h) for n in (1, 2) for c, h in ((320, 64), (640, 32), (1280, 16), (1280, 8))]
+# The two shapes of issue 15's AMD table not above: ResNet-50's 64-channel first-stage maps at 32 images, and
+# a 256-channel detection feature map (an FPN level) at 8 images.
+OTHERS = [("r50.c2in", 32, 64, 56, 56), ("fpn.28", 8, 256, 28, 28)]
 QUICK = ["r50.c2", "r50.c4", "sd.64", "sd.16"]
 FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 GROUPS = 32
@@ -184,7 +187,7 @@ def layer_variants(c: int, device: torch.device, dtype: torch.dtype) -> dict[str
 
 
 def bench_layers(args, device: torch.device, dtype: torch.dtype) -> dict[str, list[float]]:
-    shapes = RESNET50 + SD_UNET
+    shapes = RESNET50 + SD_UNET + OTHERS
     if args.quick:
         shapes = [s for s in shapes if s[0] in QUICK and s[1] == 2]
     if args.shapes:
