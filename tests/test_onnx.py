@@ -99,4 +99,6 @@ def test_converted_resnet50_exports_end_to_end():
     x2 = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         want = model(x2).numpy()
-    np.testing.assert_allclose(_run(program.model_proto.SerializeToString(), x2), want, rtol=0, atol=1e-4)
+    # 53 float32 layers in two runtimes whose convolutions sum in different orders: on an AVX2 EPYC the largest
+    # difference was 1.0e-4 (outputs of about 1.7), a wrong GroupNorm is off by O(1)
+    np.testing.assert_allclose(_run(program.model_proto.SerializeToString(), x2), want, rtol=0, atol=3e-4)
