@@ -122,8 +122,9 @@ def _channel_shape(x: Tensor) -> tuple[int, ...]:
 def _traced() -> bool:
     """True while torch.compile / torch.export (and the ONNX exporters), torch.jit or torch.func trace us.
 
-    Traced code takes no data-dependent branch and calls no ctypes kernel (a tracer cannot see
-    into one: torch.jit would record its output as a constant); it runs torch's composite ops.
+    Traced code takes no data-dependent branch and calls none of our CPU kernels directly (their
+    operators have no fake implementation, and a graph holding them would run nowhere else); it
+    runs torch's composite ops, or the registered op ``groupnorm::group_norm_act`` under torch.compile.
     """
     return (
         torch.compiler.is_compiling()

@@ -1,9 +1,10 @@
 // groupnorm CPU kernels: GroupNorm fused with an activation, forward and memory-lean backward.
 //
-// Built at first use by groupnorm/kernels/cpu.py with the system C++ compiler (no torch
-// headers, so it compiles in about a second) and called through ctypes. Parallel regions use
-// OpenMP; linked by soname, the library shares the libgomp that torch has already loaded, so
-// our threads are torch's threads and the two never fight over the cores.
+// No torch header here: cpu_op.cpp includes this file and wraps gn_forward and gn_backward as torch
+// operators, built at first use by groupnorm/kernels/cpu.py with the system C++ compiler; a C++
+// harness can include it alone. Parallel regions use OpenMP; linked by soname, the library shares the
+// libgomp that torch has already loaded, so our threads are torch's threads and the two never fight
+// over the cores.
 //
 // Layouts: x is (N, C, S) contiguous ("nchw", S = prod(spatial)) or (N, S, C) contiguous
 // ("nhwc", channels last). Dtypes: float32 and bfloat16 (as raw uint16 bits). Parameters,
@@ -32,6 +33,11 @@
 #include <vector>
 
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 namespace {
 
@@ -68,6 +74,30 @@ typedef float vf __attribute__((vector_size(4 * kV)));
 typedef int32_t vi __attribute__((vector_size(4 * kV)));
 typedef uint32_t vu __attribute__((vector_size(4 * kV)));
 typedef uint16_t vh __attribute__((vector_size(2 * kV)));
+
+// a * b + c, rounded once where the target has FMA. The kernels' instantiations for the activations share
+// these expressions; left to the compiler's contraction (GCC's default -ffp-contract=fast), the identity and
+// ReLU instantiations of one loop were contracted differently on an AVX2 build (an FMA in one, a multiply,
+// a blend and an add in the other), so a fused GN + ReLU and a GN followed by a ReLU differed in the last bit
+// of their gradients. Written out, both round the same way on every target.
+inline float fmadd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+inline vf fmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__aarch64__)
+  return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+  return a * b + c;
+#endif
+}
 
 template <class V>
 inline V splat(float f);
@@ -299,18 +329,18 @@ inline void output_run(const typename L::T* xr, typename L::T* yr, int64_t len, 
   if (len < kV) {
     T in[kV] = {}, out[kV];
     copy_tail(in, xr, len);
-    L::storev(out, act_forward<ACT>((L::loadv(in) - h) * a + t));
+    L::storev(out, act_forward<ACT>(fmadd(L::loadv(in) - h, a, t)));
     copy_tail(yr, out, len);
     return;
   }
   int64_t s = 0;
   for (; s + kUnroll * kV <= len; s += kUnroll * kV) {
     vf r[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) r[u] = act_forward<ACT>((L::loadv(xr + s + u * kV) - h) * a + t);
+    for (int u = 0; u < kUnroll; ++u) r[u] = act_forward<ACT>(fmadd(L::loadv(xr + s + u * kV) - h, a, t));
     for (int u = 0; u < kUnroll; ++u) L::storev(yr + s + u * kV, r[u]);
   }
-  for (; s + kV <= len; s += kV) L::storev(yr + s, act_forward<ACT>((L::loadv(xr + s) - h) * a + t));
-  if (s < len) L::storev(yr + len - kV, act_forward<ACT>((L::loadv(xr + len - kV) - h) * a + t));
+  for (; s + kV <= len; s += kV) L::storev(yr + s, act_forward<ACT>(fmadd(L::loadv(xr + s) - h, a, t)));
+  if (s < len) L::storev(yr + len - kV, act_forward<ACT>(fmadd(L::loadv(xr + len - kV) - h, a, t)));
 }
 
 // SiLU's backward computes dz once: the sums pass keeps it (float32) and the dx pass reads it back. In
@@ -333,14 +363,14 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
     copy_tail(xin, xr, len);
     copy_tail(gin, gr, len);
     const vf xc = L::loadv(xin) - m;
-    const vf dz = act_backward<ACT>(L::loadv(gin), xc * a + t);
+    const vf dz = act_backward<ACT>(L::loadv(gin), fmadd(xc, a, t));
     if constexpr (KEEP) {
       float out[kV];
       F32::storev(out, dz);
       copy_tail(keep, out, len);
     }
     sa = double(hsum(dz));
-    sb = double(hsum(dz * xc));
+    sb = double(hsum(fmadd(dz, xc, splat<vf>(0.0f))));
     return;
   }
   for (int64_t s0 = 0; s0 < len; s0 += kChunk) {
@@ -351,26 +381,26 @@ inline void backward_run_sums(const typename L::T* xr, const typename L::T* gr, 
     for (; s + kUnroll * kV <= s1; s += kUnroll * kV) {
       for (int u = 0; u < kUnroll; ++u) {
         const vf xc = L::loadv(xr + s + u * kV) - m;
-        const vf dz = act_backward<ACT>(L::loadv(gr + s + u * kV), xc * a + t);
+        const vf dz = act_backward<ACT>(L::loadv(gr + s + u * kV), fmadd(xc, a, t));
         if constexpr (KEEP) F32::storev(keep + s + u * kV, dz);
         va[u] += dz;
-        vb[u] += dz * xc;
+        vb[u] = fmadd(dz, xc, vb[u]);
       }
     }
     for (; s + kV <= s1; s += kV) {
       const vf xc = L::loadv(xr + s) - m;
-      const vf dz = act_backward<ACT>(L::loadv(gr + s), xc * a + t);
+      const vf dz = act_backward<ACT>(L::loadv(gr + s), fmadd(xc, a, t));
       if constexpr (KEEP) F32::storev(keep + s, dz);
       va[0] += dz;
-      vb[0] += dz * xc;
+      vb[0] = fmadd(dz, xc, vb[0]);
     }
     if (s < s1) {  // the vector ending at s1 (s1 >= kV here); its first lanes were summed already
       const int64_t at = s1 - kV;
       const vf xc = L::loadv(xr + at) - m;
-      const vf dz = act_backward<ACT>(L::loadv(gr + at), xc * a + t);
+      const vf dz = act_backward<ACT>(L::loadv(gr + at), fmadd(xc, a, t));
       if constexpr (KEEP) F32::storev(keep + at, dz);
       va[1] += lanes_from(dz, s - at);
-      vb[1] += lanes_from(dz * xc, s - at);
+      vb[1] += lanes_from(fmadd(dz, xc, splat<vf>(0.0f)), s - at);
     }
     sa += double(hsum((va[0] + va[1]) + (va[2] + va[3])));
     sb += double(hsum((vb[0] + vb[1]) + (vb[2] + vb[3])));
@@ -385,8 +415,8 @@ inline vf dx_of(vf x, vf g_or_dz, vf m, vf a, vf t, vf k1, vf k2, vf k3) {
   if constexpr (KEEP)
     dz = g_or_dz;
   else
-    dz = act_backward<ACT>(g_or_dz, xc * a + t);
-  return k1 * dz + k2 * xc + k3;
+    dz = act_backward<ACT>(g_or_dz, fmadd(xc, a, t));
+  return fmadd(k1, dz, fmadd(k2, xc, k3));
 }
 
 // dx over a run of one channel; where KEEP, dz is read from kept[] (float32; in float32 it is dx itself). The
@@ -815,7 +845,7 @@ inline void output_block(const typename L::T* xs, typename L::T* ys, int64_t C, 
   }
   for (int64_t r = 0; r < rows; ++r) {
     for (int v = 0; v < V; ++v) {
-      L::storev(ys + r * C + v * kV, act_forward<ACT>((L::loadv(xs + r * C + v * kV) - h[v]) * s[v] + t[v]));
+      L::storev(ys + r * C + v * kV, act_forward<ACT>(fmadd(L::loadv(xs + r * C + v * kV) - h[v], s[v], t[v])));
     }
   }
 }
@@ -831,7 +861,7 @@ inline void output_rows_narrow(const typename L::T* xs, typename L::T* ys, int64
   if (c < W) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = c; j < W; ++j)
-        L::store(ys, r * C + j, act_forward<ACT>((L::load(xs, r * C + j) - hi[j]) * sc[j] + sh[j]));
+        L::store(ys, r * C + j, act_forward<ACT>(fmadd(L::load(xs, r * C + j) - hi[j], sc[j], sh[j])));
   }
 }
 
@@ -846,8 +876,8 @@ inline void output_rows(const typename L::T* xs, typename L::T* ys, int64_t C, i
     const typename L::T* row = xs + r * C;
     typename L::T* out = ys + r * C;
     for (int64_t c = 0; c < cv; c += kV)
-      L::storev(out + c, act_forward<ACT>((L::loadv(row + c) - loadf(hi + c)) * loadf(sc + c) + loadf(sh + c)));
-    for (int64_t c = cv; c < C; ++c) L::store(out, c, act_forward<ACT>((L::load(row, c) - hi[c]) * sc[c] + sh[c]));
+      L::storev(out + c, act_forward<ACT>(fmadd(L::loadv(row + c) - loadf(hi + c), loadf(sc + c), loadf(sh + c))));
+    for (int64_t c = cv; c < C; ++c) L::store(out, c, act_forward<ACT>(fmadd(L::load(row, c) - hi[c], sc[c], sh[c])));
   }
 }
 
@@ -1006,10 +1036,10 @@ inline void backward_sums_block(const typename L::T* xs, const typename L::T* gs
   for (int64_t r = 0; r < rows; ++r) {
     for (int v = 0; v < V; ++v) {
       const vf xc = L::loadv(xs + r * C + v * kV) - mv[v];
-      const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
+      const vf dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), fmadd(xc, sv[v], bv[v]));
       if constexpr (ACT == kSilu) F32::storev(ks + r * C + v * kV, dz);  // read back by backward_dx_block
       a[v] += dz;
-      q[v] += dz * xc;
+      q[v] = fmadd(dz, xc, q[v]);
     }
   }
   for (int v = 0; v < V; ++v) {
@@ -1038,8 +1068,8 @@ inline void backward_dx_block(const typename L::T* xs, const typename L::T* gs, 
       if constexpr (ACT == kSilu)
         dz = F32::loadv(ks + r * C + v * kV);  // kept there by backward_sums_block
       else
-        dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), xc * sv[v] + bv[v]);
-      L::storev(os + r * C + v * kV, c1[v] * dz + c2[v] * xc + c3[v]);
+        dz = act_backward<ACT>(L::loadv(gs + r * C + v * kV), fmadd(xc, sv[v], bv[v]));
+      L::storev(os + r * C + v * kV, fmadd(c1[v], dz, fmadd(c2[v], xc, c3[v])));
     }
   }
 }
@@ -1060,10 +1090,10 @@ inline void backward_sums_narrow(const typename L::T* xs, const typename L::T* g
     float sa = 0.0f, sb = 0.0f;
     for (int64_t r = 0; r < rows; ++r) {
       const float xc = L::load(xs, r * C + c) - m[c];
-      const float dz = act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + bb[c]);
+      const float dz = act_backward<ACT>(L::load(gs, r * C + c), fmadd(xc, sc[c], bb[c]));
       if constexpr (ACT == kSilu) ks[r * C + c] = dz;
       sa += dz;
-      sb += dz * xc;
+      sb = fmadd(dz, xc, sb);
     }
     qa[c] = sa;
     qb[c] = sb;
@@ -1087,8 +1117,8 @@ inline void backward_dx_narrow(const typename L::T* xs, const typename L::T* gs,
   for (; c < C; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
       const float xc = L::load(xs, r * C + c) - m[c];
-      const float dz = ACT == kSilu ? ks[r * C + c] : act_backward<ACT>(L::load(gs, r * C + c), xc * sc[c] + bb[c]);
-      L::store(os, r * C + c, k1[c] * dz + k2[c] * xc + k3[c]);
+      const float dz = ACT == kSilu ? ks[r * C + c] : act_backward<ACT>(L::load(gs, r * C + c), fmadd(xc, sc[c], bb[c]));
+      L::store(os, r * C + c, fmadd(k1[c], dz, fmadd(k2[c], xc, k3[c])));
     }
   }
 }
@@ -1107,17 +1137,17 @@ inline void backward_sums_rows(const typename L::T* xs, const typename L::T* gs,
     const typename L::T* gr = gs + r * C;
     for (int64_t c = 0; c < cv; c += kV) {
       const vf xc = L::loadv(xr + c) - loadf(m + c);
-      const vf dz = act_backward<ACT>(L::loadv(gr + c), xc * loadf(sc + c) + loadf(bb + c));
+      const vf dz = act_backward<ACT>(L::loadv(gr + c), fmadd(xc, loadf(sc + c), loadf(bb + c)));
       if constexpr (ACT == kSilu) storef(ks + r * C + c, dz);
       storef(qa + c, loadf(qa + c) + dz);
-      storef(qb + c, loadf(qb + c) + dz * xc);
+      storef(qb + c, fmadd(dz, xc, loadf(qb + c)));
     }
     for (int64_t c = cv; c < C; ++c) {
       const float xc = L::load(xr, c) - m[c];
-      const float dz = act_backward<ACT>(L::load(gr, c), xc * sc[c] + bb[c]);
+      const float dz = act_backward<ACT>(L::load(gr, c), fmadd(xc, sc[c], bb[c]));
       if constexpr (ACT == kSilu) ks[r * C + c] = dz;
       qa[c] += dz;
-      qb[c] += dz * xc;
+      qb[c] = fmadd(dz, xc, qb[c]);
     }
   }
 }
@@ -1139,13 +1169,13 @@ inline void backward_dx_rows(const typename L::T* xs, const typename L::T* gs, c
       if constexpr (ACT == kSilu)
         dz = loadf(ks + r * C + c);  // kept there by backward_sums_rows
       else
-        dz = act_backward<ACT>(L::loadv(gr + c), xc * loadf(sc + c) + loadf(bb + c));
-      L::storev(orow + c, loadf(k1 + c) * dz + loadf(k2 + c) * xc + loadf(k3 + c));
+        dz = act_backward<ACT>(L::loadv(gr + c), fmadd(xc, loadf(sc + c), loadf(bb + c)));
+      L::storev(orow + c, fmadd(loadf(k1 + c), dz, fmadd(loadf(k2 + c), xc, loadf(k3 + c))));
     }
     for (int64_t c = cv; c < C; ++c) {
       const float xc = L::load(xr, c) - m[c];
-      const float dz = ACT == kSilu ? ks[r * C + c] : act_backward<ACT>(L::load(gr, c), xc * sc[c] + bb[c]);
-      L::store(orow, c, k1[c] * dz + k2[c] * xc + k3[c]);
+      const float dz = ACT == kSilu ? ks[r * C + c] : act_backward<ACT>(L::load(gr, c), fmadd(xc, sc[c], bb[c]));
+      L::store(orow, c, fmadd(k1[c], dz, fmadd(k2[c], xc, k3[c])));
     }
   }
 }

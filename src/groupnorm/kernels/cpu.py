@@ -1,12 +1,15 @@
-"""The CPU kernels: cpu.cpp, built at first use with the system C++ compiler, called through ctypes.
+"""The CPU kernels: cpu.cpp, built at first use with the system C++ compiler, called as torch operators.
 
-The library is compiled for the CPU it runs on (``-O3 -march=native -fopenmp``, about 5 s) into
-``groupnorm.io.cache_dir() / "kernels"``, under a name that hashes the source, the compiler, the
-flags and this CPU's model and feature flags, so a cache shared by AVX2 and AVX-512 machines holds
-one build for each and every machine loads its own: the dispatch on the CPU's features happens when
-the library is loaded, not when the package is installed. The build prints one line to stderr. It
-includes no torch header, so it needs only a C++ compiler (``$CXX``, else ``c++``/``g++``), and it
-links libgomp by soname, so its OpenMP threads are the ones torch already runs.
+cpu_op.cpp wraps the kernels of cpu.cpp as operators registered with torch (``forward``,
+``backward``): one call through torch's dispatcher, the outputs allocated in C++. The library is
+compiled for the CPU it runs on (``-O3 -march=native -fopenmp``, with torch's headers: about 20-40 s)
+into ``groupnorm.io.cache_dir() / "kernels"``, under a name that hashes the sources, the compiler,
+the flags, torch's version and this CPU's model and feature flags, so a cache shared by AVX2 and
+AVX-512 machines holds one build for each and every machine loads its own: the dispatch on the CPU's
+features happens when the library is loaded, not when the package is installed. The build prints
+one line to stderr. It needs a C++ compiler (``$CXX``, else ``c++``/``g++``) and the headers that
+come with torch, and it links libgomp by soname, so its OpenMP threads are the ones torch already
+runs.
 
 ``GROUPNORM_CPU_ARCH`` (default ``native``) builds for another ``-march``, e.g. ``x86-64-v3`` (AVX2)
 on an AVX-512 machine, to test and measure that code path (``GROUPNORM_CPU_ARCH=x86-64-v3
@@ -17,7 +20,6 @@ the build fails; a failure is reported once, as a warning).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import platform
@@ -28,18 +30,20 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from groupnorm.io import cache_dir
-from groupnorm.kernels._common import memory_format_of
 
 __all__ = ["available", "backward", "build_info", "compiler", "forward", "load", "supports"]
 
-ABI_VERSION = 3
-SOURCE = Path(__file__).with_name("cpu.cpp")
+ABI_VERSION = 4
+SOURCE = Path(__file__).with_name("cpu_op.cpp")  # the operators; they include the kernels:
+KERNELS = Path(__file__).with_name("cpu.cpp")
 ACTS = {"identity": 0, "relu": 1, "silu": 2}
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # Samples are processed in waves of at most this many bytes of input per thread, so that the
@@ -48,7 +52,7 @@ WAVE_BYTES_PER_THREAD = 1 << 20
 MODES = {"auto": 0, "tasks": 1, "split": 2}
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
+_lib: _Ops | None = None
 _error: str | None = None
 _info: dict[str, object] = {}
 
@@ -71,10 +75,18 @@ def target_arch() -> str:
 
 
 def _flags() -> list[str]:
-    flags = ["-std=c++17", "-O3", f"-march={target_arch()}", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    """The compiler flags that decide the machine code (hashed into the library's name)."""
+    flags = ["-std=c++20", "-O3", f"-march={target_arch()}", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append("-mprefer-vector-width=512")  # no effect without AVX-512
     return [*flags, "-fPIC", "-shared"]
+
+
+def _torch_flags() -> list[str]:
+    """Where torch's headers and libraries are, and its C++ ABI."""
+    root = Path(torch.__file__).parent  # torch.utils.cpp_extension says the same, with a warning on a CPU-only machine
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    return [abi, f"-isystem{root / 'include'}", f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu"]
 
 
 def _cpu_signature() -> str:
@@ -87,25 +99,34 @@ def _cpu_signature() -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
-def _library_path(compiler: str) -> Path:
+def _build_key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), " ".join(_flags()).encode(), _cpu_signature().encode()):
-        key.update(part)
+    parts = (SOURCE.read_bytes(), KERNELS.read_bytes(), version, " ".join(_flags()), torch.__version__)
+    for part in (*parts, _cpu_signature()):
+        key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
-    return cache_dir() / "kernels" / f"groupnorm_cpu-{platform.machine()}-{key.hexdigest()[:16]}.so"
+    return key.hexdigest()[:16]
 
 
-def _build(compiler: str, target: Path) -> float:
-    """Compile cpu.cpp into target (atomically: concurrent builders are safe); return seconds taken."""
+def _library_path(key: str) -> Path:
+    return cache_dir() / "kernels" / f"groupnorm_cpu-{platform.machine()}-{key}.so"
+
+
+def _namespace(key: str) -> str:
+    """The operators' namespace: one per build, so that two builds can be loaded in one process."""
+    return f"groupnorm_cpu_{key}"
+
+
+def _build(compiler: str, target: Path, namespace: str) -> float:
+    """Compile cpu_op.cpp into target (atomically: concurrent builders are safe); return seconds taken."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [compiler, *_flags(), str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600
-        )
+        command = [compiler, *_flags(), f"-DGN_NAMESPACE={namespace}", str(SOURCE), "-o", tmp, *_torch_flags()]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -114,20 +135,23 @@ def _build(compiler: str, target: Path) -> float:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-    lib.gn_abi_version.restype = i32
-    lib.gn_abi_version.argtypes = []
-    lib.gn_vector_bits.restype = i32
-    lib.gn_vector_bits.argtypes = []
-    lib.gn_forward.restype = i32
-    lib.gn_forward.argtypes = [i32, i32, i32, p, p, p, i64, i64, i64, i64, f64, p, p, p, i32, i32, i64]
-    lib.gn_backward.restype = i32
-    lib.gn_backward.argtypes = [i32, i32, i32, p, p, p, p, p, p, i64, i64, i64, i64, p, p, p, i32, i32, i64]
+def _has_ops(ops: object) -> bool:
+    try:
+        ops.info  # noqa: B018 (looks the operator up)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
-def load() -> ctypes.CDLL | None:
-    """The kernel library, built on first call; None (with one warning) where it cannot be had."""
+class _Ops(NamedTuple):
+    """The loaded operators (their default overloads: the shortest path through the dispatcher)."""
+
+    forward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+
+
+def load() -> _Ops | None:
+    """The kernels' operators, built on first call; None (with one warning) where they cannot be had."""
     global _lib, _error
     if _lib is not None or _error is not None:
         return _lib
@@ -147,25 +171,26 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
-def _load() -> ctypes.CDLL:
+def _load() -> _Ops:
     if os.environ.get("GROUPNORM_CPU_KERNELS", "1") == "0":
         raise RuntimeError("turned off by GROUPNORM_CPU_KERNELS=0")
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    path = _library_path(cxx)
+    key = _build_key(cxx)
+    path, namespace = _library_path(key), _namespace(key)
     built = 0.0
     if not path.exists():
-        print(f"groupnorm: building the CPU GroupNorm kernels (first use, about 5 s) into {path}", file=sys.stderr)
-        built = _build(cxx, path)
-    lib = ctypes.CDLL(str(path))
-    _bind(lib)
-    if lib.gn_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"{path} has ABI {lib.gn_abi_version()}, expected {ABI_VERSION}")
-    _info.update(
-        path=str(path), compiler=cxx, build_seconds=built, arch=target_arch(), vector_bits=lib.gn_vector_bits()
-    )
-    return lib
+        print(f"groupnorm: building the CPU GroupNorm kernels (first use, about 30 s) into {path}", file=sys.stderr)
+        built = _build(cxx, path, namespace)
+    ops = getattr(torch.ops, namespace)
+    if not _has_ops(ops):  # the same build may be loaded already (from another cache: the same code)
+        torch.ops.load_library(str(path))
+    abi, bits = ops.info()
+    if abi != ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI {abi}, expected {ABI_VERSION}")
+    _info.update(path=str(path), compiler=cxx, build_seconds=built, arch=target_arch(), vector_bits=bits)
+    return _Ops(ops.forward.default, ops.backward.default)
 
 
 def available() -> bool:
@@ -185,41 +210,17 @@ def supports(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in DTYPES and x.dim() >= 2
 
 
-def _sizes(x: Tensor) -> tuple[int, int, int]:
-    """(N, C, S) of a non-empty x of shape (N, C, *), S the product of the trailing dims."""
-    shape = x.shape
-    n, c = shape[0], shape[1]
-    return n, c, x.numel() // (n * c)
-
-
-def _layout(x: Tensor) -> tuple[Tensor, int, torch.memory_format]:
-    """x in the layout the kernels read, with its code (0: N,C,S; 1: N,S,C) and memory format."""
-    fmt = memory_format_of(x)
-    code = 0 if fmt is torch.contiguous_format else 1
-    return (x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)), code, fmt
-
-
-def _float32(t: Tensor) -> Tensor:
-    """t as a contiguous float32 tensor whose data the kernels read (t itself when it is one already: a call
-    on small maps is mostly this kind of overhead)."""
-    if t.dtype is torch.float32 and t.is_contiguous():
-        return t
-    return t.detach().to(torch.float32).contiguous()
-
-
-def _params(weight: Tensor | None, bias: Tensor | None, c: int) -> tuple[Tensor, Tensor]:
-    # float32 whatever torch's default dtype: the kernels read these as float32
-    w = torch.ones(c, dtype=torch.float32) if weight is None else _float32(weight)
-    b = torch.zeros(c, dtype=torch.float32) if bias is None else _float32(bias)
-    return w, b
-
-
-def _tuning(mode: str) -> tuple[int, int, int]:
-    """(threads, mode code, wave bytes) for a call, with torch's number of threads."""
+def _mode(mode: str) -> int:
     if mode not in MODES:
         raise ValueError(f"groupnorm CPU kernels: mode must be one of {sorted(MODES)}; got {mode!r}")
-    threads = max(1, torch.get_num_threads())
-    return threads, MODES[mode], threads * WAVE_BYTES_PER_THREAD
+    return MODES[mode]
+
+
+def _ops() -> _Ops:
+    ops = _lib or load()
+    if ops is None:
+        raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
+    return ops
 
 
 def forward(
@@ -233,28 +234,14 @@ def forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """y = act(GN(x)), and the per-(sample, group) mean and 1/std, (N, G) float32.
 
-    x: (N, C, *) float32 or bfloat16 on the CPU, checked by the caller; y keeps its memory format.
+    x: (N, C, *) float32 or bfloat16 on the CPU, checked by the caller; y keeps its memory format
+    (contiguous, channels-last or channels-last-3d; any other layout is made contiguous).
     ``mode`` (NCHW; channels-last inputs have one plan): ``"tasks"`` (a thread per group),
     ``"split"`` (groups split over threads) or ``"auto"`` (tasks when there are at least two per
-    thread); for tests and tuning.
+    thread); for tests and tuning. Threads: torch's (``torch.get_num_threads()``).
     """
-    lib = _lib or load()
-    if lib is None:
-        raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
-    n, c, s = _sizes(x)
-    xc, layout, fmt = _layout(x)
-    y = torch.empty_like(xc, memory_format=fmt)
-    mean = torch.empty((n, num_groups), dtype=torch.float32)
-    rstd = torch.empty((n, num_groups), dtype=torch.float32)
-    w, b = _params(weight, bias, c)
-    threads, code, wave = _tuning(mode)
-    rc = lib.gn_forward(
-        DTYPES[x.dtype], layout, ACTS[act], xc.data_ptr(), w.data_ptr(), b.data_ptr(), n, c, s, num_groups,
-        float(eps), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), threads, code, wave,
-    )  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"groupnorm CPU forward kernel failed with code {rc} for x of shape {tuple(x.shape)}")
-    return y, mean, rstd
+    code = _mode(mode)
+    return _ops().forward(x, weight, bias, num_groups, float(eps), ACTS[act], code, WAVE_BYTES_PER_THREAD)
 
 
 def backward(
@@ -270,29 +257,9 @@ def backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dx, dweight, dbias) of act(GN(x)) from x and the saved mean and rstd alone.
 
-    dweight and dbias are float32 of shape (C,), computed whether or not there is a weight.
+    dx has x's memory format; dweight and dbias are float32 of shape (C,), computed whether or not
+    there is a weight.
     """
-    lib = _lib or load()
-    if lib is None:
-        raise RuntimeError(f"groupnorm CPU kernels unavailable: {_error}")
-    n, c, s = _sizes(x)
-    xc, layout, fmt = _layout(x)
-    dyc = (
-        dy
-        if dy.dtype is x.dtype and dy.is_contiguous(memory_format=fmt)
-        else dy.to(x.dtype).contiguous(memory_format=fmt)
-    )
-    dx = torch.empty_like(xc, memory_format=fmt)
-    dw = torch.empty(c, dtype=torch.float32)
-    db = torch.empty(c, dtype=torch.float32)
-    w, b = _params(weight, bias, c)
-    mean, rstd = _float32(mean), _float32(rstd)
-    threads, code, wave = _tuning(mode)
-    rc = lib.gn_backward(
-        DTYPES[x.dtype], layout, ACTS[act], dyc.data_ptr(), xc.data_ptr(), w.data_ptr(), b.data_ptr(),
-        mean.data_ptr(), rstd.data_ptr(), n, c, s, num_groups, dx.data_ptr(), dw.data_ptr(), db.data_ptr(),
-        threads, code, wave,
-    )  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"groupnorm CPU backward kernel failed with code {rc} for x of shape {tuple(x.shape)}")
-    return dx, dw, db
+    code = _mode(mode)
+    ops = _ops()
+    return ops.backward(dy, x, weight, bias, mean, rstd, num_groups, ACTS[act], code, WAVE_BYTES_PER_THREAD)
