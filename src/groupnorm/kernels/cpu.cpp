@@ -1299,9 +1299,6 @@ bool valid(int dtype, int layout, int act, int64_t N, int64_t C, int64_t S, int6
 
 extern "C" {
 
-// Version of this ABI: cpu.py refuses a library that answers anything else.
-int gn_abi_version() { return 3; }
-
 // The widest vectors this build uses: what -march gave it (the library is built per CPU).
 int gn_vector_bits() {
 #if defined(__AVX512F__)

@@ -29,7 +29,7 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kAbiVersion = 4;
+constexpr int64_t kAbiVersion = 4;  // of the operators' schemas: cpu.py refuses a library that answers otherwise
 
 // The memory format x is laid out in (as groupnorm.kernels._common.memory_format_of) and the kernels' code.
 struct Plan {
