@@ -192,7 +192,13 @@ def training_net(task: Task, model: nn.Module) -> nn.Module:
     if task.ctx.world > 1:
         ids = [task.ctx.device.index] if task.ctx.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    return torch.compile(net) if compiles(task) else net
+    if not compiles(task):
+        return net
+    # Each run compiles afresh: graphs that dynamo keeps from earlier compilations in this process (a sweep
+    # worker's last run, a user's code) would otherwise turn shapes dynamic, and inductor fails on some
+    # symbolic strides (e.g. "cannot determine truth value of Relational"). The on-disk cache stays.
+    torch._dynamo.reset()
+    return torch.compile(net)
 
 
 def make_optimizer(task: Task, model: nn.Module) -> torch.optim.Optimizer:
