@@ -302,6 +302,56 @@ def test_double_backward_matches_torch():
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("act", ACTS)
+def test_the_cpp_autograd_formula_is_the_python_ones_to_the_bit(fmt, act):
+    """Eager CPU calls record the library's C++ autograd node; its gradients are those of ops._GroupNormAct."""
+    from groupnorm.kernels.ops import _GroupNormAct
+
+    for dtype, pdtype, wanted in [
+        (torch.float32, torch.float32, (True, True, True)),
+        (torch.float32, torch.float32, (True, False, False)),
+        (torch.float32, torch.float32, (False, True, True)),
+        (torch.bfloat16, torch.float32, (True, True, False)),
+        (torch.bfloat16, torch.bfloat16, (True, True, True)),
+    ]:
+        x = torch.randn(2, 12, 5, 6).to(dtype).contiguous(memory_format=fmt)
+        w, b = torch.randn(12, dtype=pdtype), torch.randn(12, dtype=pdtype)
+        for params in ((w, b), (w, None), (None, None)):
+            pairs = zip((x, *params), wanted, strict=True)
+            inputs = [None if t is None else t.clone().requires_grad_(need) for t, need in pairs]
+            if not any(t is not None and t.requires_grad for t in inputs):
+                continue
+            twins = [None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+            y = kernels.group_norm_act(*inputs, 4, 1e-5, act)[0]
+            assert y.grad_fn.name().startswith("torch::autograd::CppNode")  # the C++ node, not the Python one
+            y2 = _GroupNormAct.apply(*twins, 4, 1e-5, act)[0]
+            dy = torch.randn_like(y)
+            y.backward(dy)
+            y2.backward(dy)
+            assert torch.equal(y, y2) and y.is_contiguous(memory_format=fmt)
+            for t, t2 in zip(inputs, twins, strict=True):
+                if t is not None and t.requires_grad:
+                    assert t.grad.dtype == t.dtype and torch.equal(t.grad, t2.grad)
+                elif t is not None:
+                    assert t.grad is None
+
+
+def test_double_backward_through_every_input_matches_torch():
+    x = torch.randn(2, 6, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    twins = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    grads = torch.autograd.grad(F.group_norm_act(x, 3, w, b, act="relu").pow(2).sum(), (x, w, b), create_graph=True)
+    sum(g.sum() for g in grads).backward()
+    x2, w2, b2 = twins
+    grads2 = torch.autograd.grad(TF.relu(TF.group_norm(x2, 3, w2, b2)).pow(2).sum(), twins, create_graph=True)
+    sum(g.sum() for g in grads2).backward()
+    for g, g2 in zip(grads, grads2, strict=True):
+        torch.testing.assert_close(g, g2, rtol=1e-4, atol=1e-5)
+    for t, t2 in zip((x, w, b), twins, strict=True):
+        torch.testing.assert_close(t.grad, t2.grad, rtol=1e-3, atol=1e-4)
+
+
 class _Block(nn.Module):
     def __init__(self, c=16):
         super().__init__()

@@ -234,8 +234,8 @@ def group_norm(
     fmt = memory_format_of(x)
     spatial = numel // (n * c)
     ours = fmt in _CPU_KERNEL_FORMATS or spatial >= _NCHW_KERNEL_MIN_POSITIONS
-    if ours and kernels.cpu.supports(x) and kernels.cpu.available():
-        return kernels.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
+    if ours and kernels.cpu.supports(x) and kernels.cpu.available():  # not traced: straight to the operator
+        return kernels.cpu.group_norm_act(x, weight, bias, groups, eps, "identity")[0]
 
     if x.device.type != "cpu":  # torch's GPU kernels take contiguous inputs only (as F.group_norm does)
         x = x.contiguous()

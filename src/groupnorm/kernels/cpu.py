@@ -39,9 +39,9 @@ from torch import Tensor
 
 from groupnorm.io import cache_dir
 
-__all__ = ["available", "backward", "build_info", "compiler", "forward", "load", "supports"]
+__all__ = ["available", "backward", "build_info", "compiler", "forward", "group_norm_act", "load", "supports"]
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 SOURCE = Path(__file__).with_name("cpu_op.cpp")  # the operators; they include the kernels:
 KERNELS = Path(__file__).with_name("cpu.cpp")
 ACTS = {"identity": 0, "relu": 1, "silu": 2}
@@ -148,6 +148,7 @@ class _Ops(NamedTuple):
 
     forward: Callable[..., tuple[Tensor, Tensor, Tensor]]
     backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    group_norm_act: Callable[..., tuple[Tensor, Tensor, Tensor]]  # forward + autograd formula
 
 
 def load() -> _Ops | None:
@@ -190,7 +191,7 @@ def _load() -> _Ops:
     if abi != ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {abi}, expected {ABI_VERSION}")
     _info.update(path=str(path), compiler=cxx, build_seconds=built, arch=target_arch(), vector_bits=bits)
-    return _Ops(ops.forward.default, ops.backward.default)
+    return _Ops(ops.forward.default, ops.backward.default, ops.group_norm_act.default)
 
 
 def available() -> bool:
@@ -263,3 +264,13 @@ def backward(
     code = _mode(mode)
     ops = _ops()
     return ops.backward(dy, x, weight, bias, mean, rstd, num_groups, ACTS[act], code, WAVE_BYTES_PER_THREAD)
+
+
+def group_norm_act(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, num_groups: int, eps: float, act: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`forward` with its autograd formula in C++ (the backward of :func:`backward`; with
+    ``create_graph=True``, torch's differentiable operators): what eager calls run. It records the same
+    graph node as groupnorm.kernels.ops's autograd.Function, for 20-50 us less per call on small maps."""
+    ops = _lib or _ops()
+    return ops.group_norm_act(x, weight, bias, num_groups, float(eps), ACTS[act], 0, WAVE_BYTES_PER_THREAD)

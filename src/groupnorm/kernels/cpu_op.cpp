@@ -9,6 +9,9 @@
 //   <ns>::forward(x, weight?, bias?, num_groups, eps, act, mode, wave_bytes_per_thread) -> (y, mean, rstd)
 //   <ns>::backward(dy, x, weight?, bias?, mean, rstd, num_groups, act, mode, wave_bytes_per_thread)
 //       -> (dx, dw, db)
+//   <ns>::group_norm_act(x, weight?, bias?, num_groups, eps, act, mode, wave_bytes_per_thread) -> (y, mean, rstd)
+//       forward with its autograd formula in C++ (saves x, the parameters and the statistics; the backward
+//       recomputes the rest), for eager calls: no Python autograd.Function, 20-50 us less per call
 //   <ns>::info() -> [ABI version, widest vector bits]
 //
 // x: (N, C, *) float32 or bfloat16 on the CPU, contiguous or channels-last (2-D or 3-D; anything else is
@@ -17,6 +20,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "cpu.cpp"
@@ -29,7 +34,7 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kAbiVersion = 4;  // of the operators' schemas: cpu.py refuses a library that answers otherwise
+constexpr int64_t kAbiVersion = 5;  // of the operators' schemas: cpu.py refuses a library that answers otherwise
 
 // The memory format x is laid out in (as groupnorm.kernels._common.memory_format_of) and the kernels' code.
 struct Plan {
@@ -121,6 +126,73 @@ std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& dy_in, const Tensor& x
   return {dx, dw, db};
 }
 
+// act(GN(x)) through torch's differentiable operators: the backward's graph when create_graph=True asks for
+// gradients of gradients (as groupnorm.kernels.native.forward_differentiable).
+Tensor forward_differentiable(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t G, double eps,
+                              int64_t act) {
+  const auto as_x = [&](const Tensor& p) -> std::optional<Tensor> {
+    return p.defined() ? std::optional<Tensor>(p.to(x.scalar_type())) : std::nullopt;
+  };
+  Tensor z = at::group_norm(x.contiguous(), G, as_x(weight), as_x(bias), eps);
+  if (act == kRelu) z = at::relu(z);
+  if (act == kSilu) z = at::silu(z);
+  return z.contiguous(plan_of(x).format);
+}
+
+struct GroupNormAct : public torch::autograd::Function<GroupNormAct> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
+                                                const std::optional<Tensor>& weight,
+                                                const std::optional<Tensor>& bias, int64_t G, double eps,
+                                                int64_t act, int64_t mode, int64_t wave_bytes_per_thread) {
+    auto [y, mean, rstd] = ::forward(x, weight, bias, G, eps, act, mode, wave_bytes_per_thread);
+    ctx->save_for_backward({x, weight.value_or(Tensor()), bias.value_or(Tensor()), mean, rstd});
+    ctx->saved_data["G"] = G;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["wave"] = wave_bytes_per_thread;
+    ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);  // no zero tensors for the statistics' (unused) gradients
+    return {y, mean, rstd};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(8);
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    // needs_input_grad counts the tensor inputs only: an absent weight or bias has no index
+    const bool need[3] = {ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
+                          bias.defined() && ctx->needs_input_grad(weight.defined() ? 2 : 1)};
+    const Tensor& dy = grads[0];
+    if (!dy.defined() || !(need[0] || need[1] || need[2])) return out;
+    const int64_t G = ctx->saved_data["G"].toInt(), act = ctx->saved_data["act"].toInt();
+    if (at::GradMode::is_enabled()) {  // create_graph=True: gradients that are themselves differentiable
+      const Tensor y = forward_differentiable(x, weight, bias, G, ctx->saved_data["eps"].toDouble(), act);
+      torch::autograd::variable_list inputs;
+      for (int i = 0; i < 3; ++i)
+        if (need[i]) inputs.push_back(saved[i]);
+      const auto g = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true, /*create_graph=*/true);
+      for (int i = 0, k = 0; i < 3; ++i)
+        if (need[i]) out[i] = g[k++];
+      return out;
+    }
+    auto [dx, dw, db] = ::backward(dy, x, weight, bias, saved[3], saved[4], G, act, ctx->saved_data["mode"].toInt(),
+                                   ctx->saved_data["wave"].toInt());
+    if (need[0]) out[0] = dx;
+    if (need[1] && weight.defined()) out[1] = dw.to(weight.scalar_type());
+    if (need[2] && bias.defined()) out[2] = db.to(bias.scalar_type());
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& x, const std::optional<Tensor>& weight,
+                                                  const std::optional<Tensor>& bias, int64_t G, double eps,
+                                                  int64_t act, int64_t mode, int64_t wave_bytes_per_thread) {
+  const auto out = GroupNormAct::apply(x, weight, bias, G, eps, act, mode, wave_bytes_per_thread);
+  return {out[0], out[1], out[2]};
+}
+
 std::vector<int64_t> info() { return {kAbiVersion, int64_t(gn_vector_bits())}; }
 
 }  // namespace
@@ -132,5 +204,8 @@ TORCH_LIBRARY(GN_NAMESPACE, m) {
   m.def("backward(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, int num_groups, "
         "int act, int mode, int wave_bytes_per_thread) -> (Tensor, Tensor, Tensor)",
         &backward);
+  m.def("group_norm_act(Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps, int act, int mode, "
+        "int wave_bytes_per_thread) -> (Tensor, Tensor, Tensor)",
+        &group_norm_act);
   m.def("info() -> int[]", &info);
 }

@@ -217,12 +217,14 @@ def group_norm_act(
     """(y, mean, rstd) of act(GN(x)), arguments checked by the caller.
 
     Under torch.compile or torch.export this is the registered op ``groupnorm::group_norm_act``;
-    in eager mode the same kernels and autograd formula run through an autograd.Function,
-    which saves the dispatcher's tens of microseconds per call (they matter on a GPU, where
-    the kernels themselves take a few).
+    in eager mode the same kernels and autograd formula run through the CPU library's own
+    operator (the formula in C++) or an autograd.Function, which save the dispatcher's tens of
+    microseconds per call (they matter on a GPU, where the kernels themselves take a few).
     """
     if torch.compiler.is_compiling():
         return group_norm_act_op(x, weight, bias, num_groups, eps, act)
+    if x.numel() and backend_for(x) == "cpu" and not torch.jit.is_tracing():
+        return cpu.group_norm_act(x, weight, bias, num_groups, eps, act)  # the autograd formula in C++
     if not torch.is_grad_enabled() or not (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
