@@ -718,27 +718,43 @@ inline int64_t rows_per_piece(int64_t S, int64_t C) {
   return (S + pieces - 1) / pieces;  // pieces of equal size: no short last piece left to one thread
 }
 
-// For channels [0, V * kV) of `rows` rows C apart: s1 = sum(x - k), s2 = sum((x - k)^2).
+// For channels [0, V * kV) of `rows` rows C apart: s1 = sum(x - k), s2 = sum((x - k)^2). Blocks of one or two
+// vectors take U = 2 rows at a time into separate sums: with 2 or 4 chains of adds the loop waited on their
+// latency (32x16x28x28 channels-last, two one-vector passes: forward 214 us against 133 in NCHW).
 template <class L, int V>
 inline void shifted_sums_block(const typename L::T* xs, int64_t C, int64_t rows, const typename L::T* k, float* s1,
                                float* s2) {
-  vf kk[V], a[V], q[V];
+  constexpr int U = V <= 2 ? 2 : 1;
+  vf kk[V], a[U][V], q[U][V];
   for (int v = 0; v < V; ++v) {
     kk[v] = L::loadv(k + v * kV);
-    a[v] = splat<vf>(0.0f);
-    q[v] = a[v];
+    for (int u = 0; u < U; ++u) a[u][v] = q[u][v] = splat<vf>(0.0f);
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const typename L::T* row = xs + r * C;
+  int64_t r = 0;
+  for (; r + U <= rows; r += U) {
+    for (int u = 0; u < U; ++u) {
+      const typename L::T* row = xs + (r + u) * C;
+      for (int v = 0; v < V; ++v) {
+        const vf d = L::loadv(row + v * kV) - kk[v];
+        a[u][v] += d;
+        q[u][v] += d * d;
+      }
+    }
+  }
+  for (; r < rows; ++r) {
     for (int v = 0; v < V; ++v) {
-      const vf u = L::loadv(row + v * kV) - kk[v];
-      a[v] += u;
-      q[v] += u * u;
+      const vf d = L::loadv(xs + r * C + v * kV) - kk[v];
+      a[0][v] += d;
+      q[0][v] += d * d;
     }
   }
   for (int v = 0; v < V; ++v) {
-    storef(s1 + v * kV, a[v]);
-    storef(s2 + v * kV, q[v]);
+    for (int u = 1; u < U; ++u) {
+      a[0][v] += a[u][v];
+      q[0][v] += q[u][v];
+    }
+    storef(s1 + v * kV, a[0][v]);
+    storef(s2 + v * kV, q[0][v]);
   }
 }
 
@@ -748,7 +764,16 @@ inline void shifted_sums_narrow(const typename L::T* xs, int64_t C, int64_t rows
                          float* s2) {
   int64_t c = 0;
   for (; c + kBlk * kV <= C; c += kBlk * kV) shifted_sums_block<L, kBlk>(xs + c, C, rows, k + c, s1 + c, s2 + c);
-  for (; c + kV <= C; c += kV) shifted_sums_block<L, 1>(xs + c, C, rows, k + c, s1 + c, s2 + c);
+  const auto rest = [&]<int V>() {  // the whole vectors left, in one pass down the rows
+    shifted_sums_block<L, V>(xs + c, C, rows, k + c, s1 + c, s2 + c);
+    c += V * kV;
+  };
+  static_assert(kBlk == 4);
+  switch ((C - c) / kV) {
+    case 3: rest.template operator()<3>(); break;
+    case 2: rest.template operator()<2>(); break;
+    case 1: rest.template operator()<1>(); break;
+  }
   for (; c < C; ++c) {
     const float kc = L::load(k, c);
     float a = 0.0f, q = 0.0f;
@@ -857,7 +882,15 @@ inline void output_rows_narrow(const typename L::T* xs, typename L::T* ys, int64
   int64_t c = 0;
   for (; c + kBlk * kV <= W; c += kBlk * kV)
     output_block<L, ACT, kBlk>(xs + c, ys + c, C, rows, hi + c, sc + c, sh + c);
-  for (; c + kV <= W; c += kV) output_block<L, ACT, 1>(xs + c, ys + c, C, rows, hi + c, sc + c, sh + c);
+  const auto rest = [&]<int V>() {  // the whole vectors left, in one pass down the rows
+    output_block<L, ACT, V>(xs + c, ys + c, C, rows, hi + c, sc + c, sh + c);
+    c += V * kV;
+  };
+  switch ((W - c) / kV) {
+    case 3: rest.template operator()<3>(); break;
+    case 2: rest.template operator()<2>(); break;
+    case 1: rest.template operator()<1>(); break;
+  }
   if (c < W) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = c; j < W; ++j)
